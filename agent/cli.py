@@ -1,0 +1,84 @@
+"""``loa-agent``: the station daemon's command line.
+
+``ingest`` processes envelope files exactly as if they had arrived on MQTT and prints one stable
+line per file (outside checks parse it): ``accepted <kind> <issuer> v<version>`` (a command shows
+its id) or ``rejected <code>``. Exit 0 when all were accepted, 1 when any was rejected, 2 on a
+usage or configuration error. Details for people go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from agent.config import DEFAULT_CONFIG_PATH, ConfigError, read_config
+from agent.core.verify import Rejection
+from agent.ingest import Ingestor
+from agent.trust_store import StoreError, TrustStore
+from hal.clock import SystemClock
+
+EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="loa-agent", description="Loa station agent")
+    sub = parser.add_subparsers(dest="command", required=True)
+    ingest = sub.add_parser(
+        "ingest", help="verify and apply envelope files as if they had arrived on MQTT"
+    )
+    ingest.add_argument(
+        "--config",
+        type=Path,
+        default=Path(os.environ.get("LOA_CONFIG", DEFAULT_CONFIG_PATH)),
+        help="station config (default: $LOA_CONFIG or /etc/loa/station.toml)",
+    )
+    ingest.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    return parser
+
+
+def _read_capped(path: Path, cap: int) -> bytes:
+    """Read at most cap+1 bytes: enough to know a file is too large without loading it."""
+    with path.open("rb") as handle:
+        return handle.read(cap + 1)
+
+
+def cmd_ingest(config_path: Path, files: Sequence[Path]) -> int:
+    try:
+        config = read_config(config_path, os.environ)
+        store = TrustStore(config.paths.trust_db)
+    except (ConfigError, StoreError) as exc:
+        print(f"loa-agent: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    status = EXIT_OK
+    with store:
+        ingestor = Ingestor(config, store, SystemClock())
+        for path in files:
+            try:
+                data = _read_capped(path, config.limits.envelope_bytes)
+            except OSError as exc:
+                print(f"loa-agent: cannot read {path}: {exc.strerror}", file=sys.stderr)
+                return EXIT_USAGE
+            try:
+                verdict = ingestor.ingest(data)
+            except StoreError as exc:
+                print(f"loa-agent: {exc}", file=sys.stderr)
+                return EXIT_USAGE
+            print(verdict.line(), flush=True)
+            if isinstance(verdict, Rejection):
+                print(f"{path}: {verdict.detail}", file=sys.stderr)
+                status = EXIT_REJECTED
+    return status
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "ingest":
+        return cmd_ingest(args.config, args.files)
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""The station's configuration: one TOML file, one typed loader, parsed once at the edge.
+
+``load_config(text, env, base_dir)`` is pure (it reads no file): relative paths resolve against
+the directory of the config file, so a station provisioned with ``--dir DIR`` keeps everything
+(config, keys, state, cache, outbox) under DIR. Secrets never appear here, only their paths.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+from agent.core.targets import StationId
+from agent.core.verify import Limits
+
+T = TypeVar("T")
+
+DEFAULT_CONFIG_PATH = Path("/etc/loa/station.toml")
+CLOCK_TRUST_MODES = ("kernel", "system")
+
+
+class ConfigError(ValueError):
+    """The configuration is wrong: the technician must fix the file."""
+
+
+@dataclass(frozen=True, slots=True)
+class Paths:
+    state: Path
+    cache: Path
+    keys: Path
+    outbox: Path
+
+    @property
+    def trust_db(self) -> Path:
+        return self.state / "trust.db"
+
+    @property
+    def signing_key(self) -> Path:
+        return self.keys / "station.key"
+
+    @property
+    def tls_key(self) -> Path:
+        return self.keys / "tls.key"
+
+    @property
+    def csr(self) -> Path:
+        return self.keys / "station.csr"
+
+    @property
+    def certificate(self) -> Path:
+        return self.keys / "station.crt"
+
+    @property
+    def ca_certificate(self) -> Path:
+        return self.keys / "ca.crt"
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerConfig:
+    urls: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    station: StationId
+    paths: Paths
+    clock_trust: str = "kernel"
+    limits: Limits = field(default_factory=Limits)
+    broker: BrokerConfig = field(default_factory=BrokerConfig)
+    zones: Mapping[str, int] = field(default_factory=dict)  # zone name -> relay GPIO pin
+    amp_pin: int | None = None
+    audio_device: str = "default"
+
+
+def _table(doc: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    value = doc.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    return value
+
+
+def _typed(table: Mapping[str, Any], key: str, kind: type[T], default: T, where: str) -> T:
+    value = table.get(key, default)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{where}.{key} must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def load_config(text: str, env: Mapping[str, str], base_dir: Path) -> Config:
+    """Parse station.toml; ``env`` may override the clock trust (``LOA_CLOCK_TRUST``)."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}") from exc
+    station_t = _table(doc, "station")
+    try:
+        station = StationId(
+            _typed(station_t, "province", str, "", "station"),
+            _typed(station_t, "commune", str, "", "station"),
+            _typed(station_t, "name", str, "", "station"),
+        )
+    except ValueError as exc:
+        raise ConfigError(f"[station]: {exc}") from exc
+
+    paths_t = _table(doc, "paths")
+
+    def path(key: str, default: str) -> Path:
+        return base_dir / Path(_typed(paths_t, key, str, default, "paths"))
+
+    paths = Paths(
+        state=path("state", "state"),
+        cache=path("cache", "cache"),
+        keys=path("keys", "keys"),
+        outbox=path("outbox", "state/outbox.db"),
+    )
+
+    trust_t = _table(doc, "trust")
+    clock_trust = env.get("LOA_CLOCK_TRUST") or _typed(trust_t, "clock", str, "kernel", "trust")
+    if clock_trust not in CLOCK_TRUST_MODES:
+        raise ConfigError(f"clock trust must be one of {CLOCK_TRUST_MODES}, got {clock_trust!r}")
+    grace_days = _typed(trust_t, "keyring_grace_days", int, 30, "trust")
+    skew_s = _typed(trust_t, "clock_skew_s", int, 300, "trust")
+    if grace_days < 0 or not 0 <= skew_s <= 3600:
+        raise ConfigError("trust.keyring_grace_days must be >= 0 and clock_skew_s 0..3600")
+    limits = Limits(
+        clock_skew=timedelta(seconds=skew_s), keyring_grace=timedelta(days=grace_days)
+    )
+
+    broker_t = _table(doc, "broker")
+    urls = broker_t.get("urls", [])
+    if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
+        raise ConfigError("broker.urls must be a list of strings")
+
+    gpio_t = _table(doc, "gpio")
+    zones_t = _table(gpio_t, "zones")
+    zones: dict[str, int] = {}
+    for zone, pin in zones_t.items():
+        if not isinstance(pin, int) or isinstance(pin, bool) or not 0 <= pin <= 53:
+            raise ConfigError(f"gpio.zones.{zone} must be a BCM pin number 0..53")
+        zones[zone] = pin
+    amp_pin = gpio_t.get("amp_pin")
+    if amp_pin is not None and (not isinstance(amp_pin, int) or isinstance(amp_pin, bool)):
+        raise ConfigError("gpio.amp_pin must be a BCM pin number")
+
+    audio_t = _table(doc, "audio")
+    return Config(
+        station=station,
+        paths=paths,
+        clock_trust=clock_trust,
+        limits=limits,
+        broker=BrokerConfig(tuple(urls)),
+        zones=zones,
+        amp_pin=amp_pin,
+        audio_device=_typed(audio_t, "device", str, "default", "audio"),
+    )
+
+
+def read_config(path: Path, env: Mapping[str, str]) -> Config:
+    """Read and parse the config file; a missing or unreadable file is a ConfigError."""
+    try:
+        text = path.read_text("utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+    return load_config(text, env, path.resolve().parent)

@@ -1,0 +1,404 @@
+"""The verification pipeline of PROTOCOL.md section 8: one envelope in, one verdict out.
+
+Checks run in the protocol's order and the first failure is the verdict; nothing here changes
+any state. An accepted envelope comes back with the effects that the caller persists (and
+applies to its snapshot) in one step. Decisions this module makes where the protocol is silent
+are written down in ``docs/protocol.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from agent.core import strict
+from agent.core.codes import Code, Rejected
+from agent.core.dsse import Envelope, parse_envelope
+from agent.core.models import Command, Keyring, Playlist, TimeBeacon
+from agent.core.schema import SchemaError, SchemaSet
+from agent.core.targets import StationId, may_sign
+from agent.core.trust_state import (
+    Effect,
+    RaiseTimeFloor,
+    RememberCommand,
+    StoreKeyring,
+    StorePlaylist,
+    TrustState,
+)
+
+MiB = 1024 * 1024
+KiB = 1024
+
+PAYLOAD_KINDS: Mapping[str, str] = {
+    "application/vnd.loa.playlist+json": "playlist",
+    "application/vnd.loa.command+json": "command",
+    "application/vnd.loa.keyring+json": "keyring",
+    "application/vnd.loa.time+json": "time",
+}
+PAYLOAD_TYPES: Mapping[str, str] = {kind: ptype for ptype, kind in PAYLOAD_KINDS.items()}
+
+ACTION_ROLES: Mapping[str, str] = {
+    "emergency": "emergency",
+    "cancel": "emergency",
+    "live_start": "command",
+    "live_stop": "command",
+    "stop": "command",
+    "set_volume": "command",
+    "relay_test": "command",
+    "resync": "maintenance",
+}
+# Under an untrusted clock only what may save lives (or stop it) gets through (section 9).
+UNTRUSTED_CLOCK_ACTIONS = frozenset({"emergency", "cancel"})
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    envelope_bytes: int = 3 * MiB
+    body_bytes: Mapping[str, int] = field(
+        default_factory=lambda: {
+            "playlist": 2 * MiB,
+            "keyring": 256 * KiB,
+            "command": 64 * KiB,
+            "time": 4 * KiB,
+        }
+    )
+    clock_skew: timedelta = timedelta(minutes=5)
+    keyring_grace: timedelta = timedelta(days=30)
+
+
+@dataclass(frozen=True, slots=True)
+class ClockView:
+    """What the station's clock says and whether the kernel (or config) vouches for it."""
+
+    now: datetime
+    synchronised: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    station: StationId
+    clock: ClockView
+    schemas: SchemaSet
+    limits: Limits = Limits()
+    topic: str | None = None  # the MQTT topic it arrived on; None for `loa-agent ingest`
+
+
+Message = Playlist | Command | Keyring | TimeBeacon
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    kind: str
+    issuer: str
+    label: str  # "v17" for versioned kinds, the id for a command
+    message: Message
+    body: bytes
+    effects: tuple[Effect, ...]
+    noop: bool = False  # byte-identical to what the station already holds
+
+    def line(self) -> str:
+        return f"accepted {self.kind} {self.issuer} {self.label}"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    code: Code
+    detail: str
+    kind: str | None = None
+
+    def line(self) -> str:
+        return f"rejected {self.code}"
+
+
+Verdict = Accepted | Rejection
+
+
+def verify(state: TrustState, data: bytes, ctx: Context) -> Verdict:
+    """Run every check on ``data``; never raises on bad input, never changes ``state``."""
+    kind: str | None = None
+    try:
+        envelope = parse_envelope(data, ctx.limits.envelope_bytes)  # 1, 2
+        kind = PAYLOAD_KINDS.get(envelope.payload_type)  # 3
+        if kind is None:
+            raise Rejected(Code.WRONG_PAYLOAD_TYPE, f"payload type {envelope.payload_type!r}")
+        cap = ctx.limits.body_bytes[kind]
+        if len(envelope.body) > cap:
+            raise Rejected(Code.TOO_LARGE, f"{kind} body is {len(envelope.body)} bytes, cap {cap}")
+        return _CHECKS[kind](state, envelope, data, ctx)
+    except Rejected as exc:
+        return Rejection(exc.code, exc.detail, kind)
+
+
+# --- step 4: signatures ----------------------------------------------------------------------
+
+
+def check_threshold(envelope: Envelope, keyring: Keyring, role: str) -> frozenset[str]:
+    """Return the role keys with a valid signature, or raise the section 8 code.
+
+    Each key counts once however often it signed; signatures by keys outside the role, or with
+    no keyid, are ignored (a keyid only selects a key, it never grants anything).
+    """
+    role_keys = keyring.role_keys(role)
+    threshold = keyring.roles[role].threshold if role in keyring.roles else 1
+    valid: set[str] = set()
+    failed = False
+    known = False
+    for signature in envelope.signatures:
+        entry = keyring.keys.get(signature.keyid or "")
+        if entry is None:
+            continue
+        known = True
+        if entry.keyid not in role_keys or entry.keyid in valid:
+            continue
+        if envelope.verifies_with(entry.public, signature):
+            valid.add(entry.keyid)
+        else:
+            failed = True
+    if role_keys and len(valid) >= threshold:
+        return frozenset(valid)
+    if failed:
+        raise Rejected(Code.BAD_SIGNATURE, f"a {role} key's signature does not verify")
+    if not known:
+        raise Rejected(Code.UNKNOWN_KEY, "no signature is by a key of the keyring")
+    raise Rejected(Code.THRESHOLD_NOT_MET, f"{len(valid)} of {threshold} {role} signatures")
+
+
+def _require_keyring(state: TrustState) -> Keyring:
+    if state.keyring is None:
+        raise Rejected(Code.UNKNOWN_KEY, "no keyring installed: the station trusts no key yet")
+    return state.keyring
+
+
+# --- step 5: body ----------------------------------------------------------------------------
+
+
+def _parse_body(kind: str, body: bytes, schemas: SchemaSet) -> dict[str, Any]:
+    try:
+        doc = strict.loads(body)
+    except strict.StrictDecodeError as exc:
+        raise Rejected(Code.SCHEMA, f"body: {exc}") from exc
+    try:
+        schemas.validate(kind, doc)
+    except SchemaError as exc:
+        raise Rejected(Code.SCHEMA, str(exc)) from exc
+    assert isinstance(doc, dict)  # every body schema says "type": "object"
+    return doc
+
+
+T = TypeVar("T")
+
+
+def _model(build: Callable[[dict[str, Any]], T], doc: dict[str, Any]) -> T:
+    try:
+        return build(doc)
+    except (ValueError, KeyError) as exc:
+        raise Rejected(Code.SCHEMA, str(exc)) from exc
+
+
+def _peek_action(body: bytes) -> str | None:
+    """The command's action before the body is validated: it decides which role must sign."""
+    try:
+        doc = strict.loads(body)
+    except strict.StrictDecodeError:
+        return None
+    action = doc.get("action") if isinstance(doc, dict) else None
+    return action if isinstance(action, str) and action in ACTION_ROLES else None
+
+
+# --- step 6 and 7: scope and audience --------------------------------------------------------
+
+
+def check_scope(keyring: Keyring, signers: frozenset[str], role: str, issuer: str, target: str) -> None:
+    in_scope = [k for k in signers if may_sign(keyring.keys[k].scope, issuer, target)]
+    threshold = keyring.roles[role].threshold
+    if len(in_scope) < threshold:
+        raise Rejected(
+            Code.OUT_OF_SCOPE,
+            f"{len(in_scope)} of {threshold} signing keys may sign as {issuer} for {target}",
+        )
+
+
+def check_audience(ctx: Context, target: str, expected_topic: str) -> None:
+    if not any(target == mine for mine in ctx.station.audience):
+        raise Rejected(Code.WRONG_AUDIENCE, f"target {target} is not {ctx.station.path}")
+    if ctx.topic is not None and ctx.topic != expected_topic:
+        raise Rejected(Code.WRONG_AUDIENCE, f"arrived on {ctx.topic}, belongs on {expected_topic}")
+
+
+# --- step 8 and 9: clock and time window -----------------------------------------------------
+
+
+def _trusted_now(state: TrustState, ctx: Context) -> datetime | None:
+    """The wall time when it can be trusted (kernel-synchronised and not below the floor)."""
+    now = ctx.clock.now
+    if not ctx.clock.synchronised:
+        return None
+    if state.time_floor is not None and now < state.time_floor:
+        return None
+    return now
+
+
+def _check_keyring_alive(keyring: Keyring, now: datetime, ctx: Context) -> None:
+    if now >= keyring.expires + ctx.limits.keyring_grace:
+        raise Rejected(
+            Code.KEYRING_EXPIRED,
+            f"keyring v{keyring.version} expired {keyring.expires.isoformat()} and its grace "
+            "period is over: only a successor keyring is accepted",
+        )
+
+
+def _check_window(now: datetime, issued_at: datetime, expires: datetime, ctx: Context) -> None:
+    if now >= expires:
+        raise Rejected(Code.EXPIRED, f"expired at {expires.isoformat()}")
+    if issued_at > now + ctx.limits.clock_skew:
+        raise Rejected(Code.NOT_YET_VALID, f"issued at {issued_at.isoformat()}, in the future")
+
+
+# --- the four kinds --------------------------------------------------------------------------
+
+
+def _sha(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+def _check_playlist(state: TrustState, env: Envelope, raw: bytes, ctx: Context) -> Verdict:
+    keyring = _require_keyring(state)
+    signers = check_threshold(env, keyring, "playlist")
+    playlist = _model(Playlist.from_body, _parse_body("playlist", env.body, ctx.schemas))
+    check_scope(keyring, signers, "playlist", playlist.issuer, playlist.target)
+    check_audience(ctx, playlist.target, f"loa/v1/{playlist.target}/playlist/{playlist.issuer}")
+    now = _trusted_now(state, ctx)
+    if now is None:
+        raise Rejected(Code.CLOCK_UNTRUSTED, "playlists wait for a trusted clock")
+    _check_keyring_alive(keyring, now, ctx)
+    _check_window(now, playlist.issued_at, playlist.expires, ctx)
+    sha = _sha(env.body)
+    label = f"v{playlist.version}"
+    held = state.streams.get(playlist.stream)
+    if held is not None and not held.floor_reset:
+        if playlist.version < held.version:
+            raise Rejected(Code.ROLLBACK, f"v{playlist.version} is below v{held.version}")
+        if playlist.version == held.version:
+            if sha != held.body_sha256:
+                raise Rejected(Code.VERSION_CONFLICT, f"{label} differs from the {label} held")
+            return Accepted("playlist", playlist.issuer, label, playlist, env.body, (), noop=True)
+    effect = StorePlaylist(playlist.stream, playlist.version, sha, env.body, raw)
+    return Accepted("playlist", playlist.issuer, label, playlist, env.body, (effect,))
+
+
+def _check_command(state: TrustState, env: Envelope, raw: bytes, ctx: Context) -> Verdict:
+    keyring = _require_keyring(state)
+    action = _peek_action(env.body)
+    if action is None:
+        # The role is unknown until the body is valid; demand a valid signature by *some*
+        # command-capable key so that an anonymous sender learns nothing from `schema`.
+        for role in ("command", "emergency", "maintenance"):
+            try:
+                check_threshold(env, keyring, role)
+                break
+            except Rejected:
+                continue
+        else:
+            check_threshold(env, keyring, "command")  # raises the code that fits
+        _parse_body("command", env.body, ctx.schemas)
+        raise Rejected(Code.SCHEMA, "command action missing or unknown")
+    role = ACTION_ROLES[action]
+    signers = check_threshold(env, keyring, role)
+    command = _model(Command.from_body, _parse_body("command", env.body, ctx.schemas))
+    check_scope(keyring, signers, role, command.issuer, command.target)
+    check_audience(ctx, command.target, f"loa/v1/{command.target}/cmd")
+    now = _trusted_now(state, ctx)
+    if now is None:
+        if action not in UNTRUSTED_CLOCK_ACTIONS:
+            raise Rejected(Code.CLOCK_UNTRUSTED, f"{action} waits for a trusted clock")
+        floor = state.time_floor
+        if floor is not None and command.issued_at < floor:
+            raise Rejected(Code.CLOCK_UNTRUSTED, "issued before the station's time floor")
+        # The best lower bound of the time is the floor; the player bounds the emergency by
+        # expires - issued_at on the monotonic clock.
+        now = floor if floor is not None else command.issued_at
+        if now >= command.expires:
+            raise Rejected(Code.EXPIRED, f"expired at {command.expires.isoformat()}")
+    else:
+        _check_keyring_alive(keyring, now, ctx)
+        _check_window(now, command.issued_at, command.expires, ctx)
+    remembered = state.commands.get(command.id)
+    if remembered is not None and remembered > now:
+        raise Rejected(Code.REPLAY, f"command {command.id} was already accepted")
+    effect = RememberCommand(command.id, command.expires)
+    return Accepted("command", command.issuer, command.id, command, env.body, (effect,))
+
+
+def _check_keyring(state: TrustState, env: Envelope, raw: bytes, ctx: Context) -> Verdict:
+    current = state.keyring
+    if current is not None:
+        old_signers = check_threshold(env, current, "root")
+    new = _model(Keyring.from_body, _parse_body("keyring", env.body, ctx.schemas))
+    new_signers = check_threshold(env, new, "root")  # a keyring is signed by its own roots
+    province = new.province
+    if current is not None:
+        check_scope(current, old_signers, "root", province, province)
+    check_scope(new, new_signers, "root", province, province)
+    check_audience(ctx, province, f"loa/v1/{province}/keyring/{new.version}")
+    now = _trusted_now(state, ctx)
+    if now is None:
+        raise Rejected(Code.CLOCK_UNTRUSTED, "keyrings wait for a trusted clock")
+    if now >= new.expires:
+        raise Rejected(Code.EXPIRED, f"keyring v{new.version} expired {new.expires.isoformat()}")
+    sha = _sha(env.body)
+    label = f"v{new.version}"
+    reset: frozenset[str] = frozenset()
+    if current is not None:
+        if new.version < current.version:
+            raise Rejected(Code.ROLLBACK, f"keyring {label} is below v{current.version}")
+        if new.version == current.version:
+            if sha != state.keyring_sha256:
+                raise Rejected(Code.VERSION_CONFLICT, f"keyring {label} differs from the one held")
+            return Accepted("keyring", province, label, new, env.body, (), noop=True)
+        if new.version != current.version + 1:
+            raise Rejected(
+                Code.VERSION_GAP, f"keyring {label} after v{current.version}: apply them in order"
+            )
+        reset = issuers_losing_keys(current, new, {issuer for issuer, _ in state.streams})
+    effect = StoreKeyring(new, sha, env.body, raw, reset)
+    return Accepted("keyring", province, label, new, env.body, (effect,))
+
+
+def issuers_losing_keys(old: Keyring, new: Keyring, issuers: set[str]) -> frozenset[str]:
+    """Issuers one of whose playlist keys the rotation removed or replaced (section 4)."""
+
+    def keys_for(keyring: Keyring, issuer: str) -> set[str]:
+        return {
+            k
+            for k in keyring.role_keys("playlist")
+            if any(entry.split("/")[-1] == issuer for entry in keyring.keys[k].scope)
+        }
+
+    return frozenset(i for i in issuers if keys_for(old, i) - keys_for(new, i))
+
+
+def _check_time(state: TrustState, env: Envelope, raw: bytes, ctx: Context) -> Verdict:
+    keyring = _require_keyring(state)
+    signers = check_threshold(env, keyring, "maintenance")
+    beacon = _model(TimeBeacon.from_body, _parse_body("time", env.body, ctx.schemas))
+    check_scope(keyring, signers, "maintenance", beacon.province, beacon.province)
+    check_audience(ctx, beacon.province, f"loa/v1/{beacon.province}/time")
+    now = _trusted_now(state, ctx)
+    if now is not None and beacon.ts > now + ctx.limits.clock_skew:
+        raise Rejected(Code.NOT_YET_VALID, f"beacon {beacon.ts.isoformat()} is in the future")
+    label = beacon.ts.isoformat()
+    floor = state.time_floor
+    if floor is not None and beacon.ts <= floor:
+        return Accepted("time", beacon.province, label, beacon, env.body, (), noop=True)
+    return Accepted("time", beacon.province, label, beacon, env.body, (RaiseTimeFloor(beacon.ts),))
+
+
+_CHECKS: Mapping[str, Callable[[TrustState, Envelope, bytes, Context], Verdict]] = {
+    "playlist": _check_playlist,
+    "command": _check_command,
+    "keyring": _check_keyring,
+    "time": _check_time,
+}

@@ -1,0 +1,43 @@
+"""Envelopes from anywhere (files now, MQTT in the running agent) through the one trust core.
+
+``Ingestor`` binds the pure verifier to the persisted state: it takes the state lock, verifies,
+persists the effects of an accepted envelope in the same transaction, and returns the verdict.
+The running agent and ``loa-agent ingest`` both go through here, so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agent.config import Config
+from agent.core.clock import Clock
+from agent.core.verify import Accepted, ClockView, Context, Verdict, verify
+from agent.schemas import load_schema_set
+from agent.trust_store import TrustStore
+from hal.clock import kernel_clock_synchronised
+
+
+@dataclass
+class Ingestor:
+    config: Config
+    store: TrustStore
+    clock: Clock
+
+    def clock_view(self) -> ClockView:
+        synchronised = self.config.clock_trust == "system" or kernel_clock_synchronised()
+        return ClockView(self.clock.now(), synchronised)
+
+    def ingest(self, data: bytes, topic: str | None = None) -> Verdict:
+        ctx = Context(
+            station=self.config.station,
+            clock=self.clock_view(),
+            schemas=load_schema_set(),
+            limits=self.config.limits,
+            topic=topic,
+        )
+        with self.store.transaction() as state:
+            verdict = verify(state, data, ctx)
+            if isinstance(verdict, Accepted) and verdict.effects:
+                self.store.persist(verdict.effects, ctx.clock.now)
+        return verdict
+

@@ -1,0 +1,168 @@
+"""The station's trust state on disk: keyring, accepted playlists, command ids, time floor.
+
+One SQLite database (WAL, synchronous=FULL: a power cut loses nothing that was reported as
+accepted). ``transaction()`` takes the write lock *before* reading the snapshot, so the running
+agent and a technician's ``loa-agent ingest`` never verify against the same old state and both
+write: the second waits, then sees the first one's result. Effects are written in the same
+transaction that read the snapshot, so a check and its consequences are one atomic step.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from types import MappingProxyType
+
+from agent.core import strict
+from agent.core.models import Keyring
+from agent.core.trust_state import (
+    Effect,
+    RaiseTimeFloor,
+    RememberCommand,
+    StoreKeyring,
+    StorePlaylist,
+    Stream,
+    StreamRecord,
+    TrustState,
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS keyring (
+    version INTEGER PRIMARY KEY, body_sha256 TEXT NOT NULL, body BLOB NOT NULL,
+    envelope BLOB NOT NULL, installed_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS playlist (
+    issuer TEXT NOT NULL, target TEXT NOT NULL, version INTEGER NOT NULL,
+    body_sha256 TEXT NOT NULL, body BLOB NOT NULL, envelope BLOB NOT NULL,
+    floor_reset INTEGER NOT NULL DEFAULT 0, accepted_at TEXT NOT NULL,
+    PRIMARY KEY (issuer, target));
+CREATE TABLE IF NOT EXISTS command (id TEXT PRIMARY KEY, expires TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+class StoreError(RuntimeError):
+    """The state database cannot be opened or written (disk full, permissions, corruption)."""
+
+
+class TrustStore:
+    def __init__(self, path: Path, busy_timeout_s: float = 30.0) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open state database {path}: {exc}") from exc
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> TrustStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[TrustState]:
+        """Hold the write lock; yield the current snapshot; commit what ``persist`` wrote."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StoreError(f"state database is locked or unwritable: {exc}") from exc
+        try:
+            yield self._load()
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._db.execute("ROLLBACK")
+            raise StoreError(f"cannot commit state: {exc}") from exc
+
+    def snapshot(self) -> TrustState:
+        with self.transaction() as state:
+            return state
+
+    def persist(self, effects: tuple[Effect, ...], now: datetime) -> None:
+        """Write effects; call inside ``transaction()``. Expired command ids are forgotten."""
+        stamp = now.isoformat()
+        try:
+            for effect in effects:
+                self._write(effect, stamp)
+            self._db.execute("DELETE FROM command WHERE expires <= ?", (_utc(now),))
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot write state: {exc}") from exc
+
+    def _write(self, effect: Effect, stamp: str) -> None:
+        db = self._db
+        match effect:
+            case StoreKeyring():
+                db.execute(
+                    "INSERT INTO keyring VALUES (?, ?, ?, ?, ?)",
+                    (effect.keyring.version, effect.body_sha256, effect.body, effect.envelope, stamp),
+                )
+                for issuer in effect.reset_issuers:
+                    db.execute("UPDATE playlist SET floor_reset = 1 WHERE issuer = ?", (issuer,))
+            case StorePlaylist():
+                db.execute(
+                    "INSERT OR REPLACE INTO playlist VALUES (?, ?, ?, ?, ?, ?, 0, ?)",
+                    (*effect.stream, effect.version, effect.body_sha256, effect.body,
+                     effect.envelope, stamp),
+                )
+            case RememberCommand():
+                db.execute(
+                    "INSERT OR REPLACE INTO command VALUES (?, ?)", (effect.id, _utc(effect.expires))
+                )
+            case RaiseTimeFloor():
+                db.execute(
+                    "INSERT INTO meta VALUES ('time_floor', ?) ON CONFLICT(key) DO UPDATE "
+                    "SET value = excluded.value WHERE excluded.value > meta.value",
+                    (_utc(effect.floor),),
+                )
+
+    def _load(self) -> TrustState:
+        db = self._db
+        keyring = None
+        keyring_sha = ""
+        row = db.execute(
+            "SELECT body, body_sha256 FROM keyring ORDER BY version DESC LIMIT 1"
+        ).fetchone()
+        if row is not None:
+            # The body was verified when it was stored; it is parsed, not re-verified.
+            keyring = Keyring.from_body(strict.loads(row[0]))
+            keyring_sha = row[1]
+        streams: dict[Stream, StreamRecord] = {
+            (issuer, target): StreamRecord(version, sha, bool(reset))
+            for issuer, target, version, sha, reset in db.execute(
+                "SELECT issuer, target, version, body_sha256, floor_reset FROM playlist"
+            )
+        }
+        commands = {
+            cid: datetime.fromisoformat(expires)
+            for cid, expires in db.execute("SELECT id, expires FROM command")
+        }
+        floor_row = db.execute("SELECT value FROM meta WHERE key = 'time_floor'").fetchone()
+        return TrustState(
+            keyring=keyring,
+            keyring_sha256=keyring_sha,
+            streams=MappingProxyType(streams),
+            commands=MappingProxyType(commands),
+            time_floor=datetime.fromisoformat(floor_row[0]) if floor_row else None,
+        )
+
+    def playlist_bodies(self) -> dict[Stream, bytes]:
+        """The verified bodies of the playlists in force, for the planner."""
+        rows = self._db.execute("SELECT issuer, target, body FROM playlist")
+        return {(issuer, target): bytes(body) for issuer, target, body in rows}
+
+
+def _utc(moment: datetime) -> str:
+    """ISO text in UTC with fixed width, so SQL string comparison is time comparison."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")

@@ -1,0 +1,1 @@
+"""The technician's tool (``loa-provision``): identity, keys, trust and config of one station."""
