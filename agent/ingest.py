@@ -7,7 +7,8 @@ The running agent and ``loa-agent ingest`` both go through here, so they cannot 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from agent.config import Config
 from agent.core.clock import Clock
@@ -22,9 +23,11 @@ class Ingestor:
     config: Config
     store: TrustStore
     clock: Clock
+    # The kernel's word on clock sync (adjtimex); tests give their own answer.
+    kernel_synchronised: Callable[[], bool] = field(default=kernel_clock_synchronised)
 
     def clock_view(self) -> ClockView:
-        synchronised = self.config.clock_trust == "system" or kernel_clock_synchronised()
+        synchronised = self.config.clock_trust == "system" or self.kernel_synchronised()
         return ClockView(self.clock.now(), synchronised)
 
     def ingest(self, data: bytes, topic: str | None = None) -> Verdict:
