@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from agent import keyfiles
+from agent.core.models import Keyring
 from agent.core.timefmt import parse_rfc3339
 from hal.files import atomic_write
 from province.keyring_builder import KeySpec, build_body, sign_keyring
@@ -32,9 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     keyring = sub.add_parser("keyring", help="build and sign a keyring (the province's trust)")
     keyring.add_argument("--province", required=True, help="2-digit province code")
     keyring.add_argument("--version", type=int, required=True)
-    keyring.add_argument(
-        "--expires", help="RFC 3339 time with offset (default: one year from now)"
-    )
+    keyring.add_argument("--expires", help="RFC 3339 time with offset (default: one year from now)")
     keyring.add_argument(
         "--key",
         action="append",
@@ -105,9 +104,10 @@ def cmd_keyring(args: argparse.Namespace) -> int:
     envelope = sign_keyring(body, signers, previous, now)
     atomic_write(args.out, envelope)
     print(f"wrote keyring v{args.version} for province {args.province} to {args.out}")
-    for kid, entry in sorted(body["keys"].items()):  # type: ignore[attr-defined]
-        roles = [r for r, v in body["roles"].items() if kid in v["keyids"]]  # type: ignore[attr-defined]
-        print(f"  {keyfiles.fingerprint(kid)}  {','.join(roles):<24} scope {','.join(entry['scope'])}")
+    keyring = Keyring.from_body(body)
+    for kid, entry in sorted(keyring.keys.items()):
+        roles = ",".join(name for name, role in keyring.roles.items() if kid in role.keyids)
+        print(f"  {keyfiles.fingerprint(kid)}  {roles:<24} scope {','.join(entry.scope)}")
     return EXIT_OK
 
 

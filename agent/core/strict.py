@@ -33,26 +33,29 @@ def b64decode(text: str) -> bytes:
         raw = text.encode("ascii")
     except UnicodeEncodeError as exc:
         raise StrictDecodeError("base64 contains non-ASCII characters") from exc
-    if _STD_B64.match(raw):
-        if len(raw) % 4:
-            raise StrictDecodeError("standard base64 must be padded to a multiple of 4")
-        decoder, encoder = base64.b64decode, base64.b64encode
+    urlsafe = False
+    # Text drawn only from the alphabets' common letters decodes the same either way; unpadded,
+    # it can only be URL-safe base64 (standard base64 is always padded).
+    if _STD_B64.match(raw) and len(raw) % 4 == 0:
         padded = raw
     elif _URL_B64.match(raw):
         unpadded = raw.rstrip(b"=")
         if len(unpadded) % 4 == 1:
             raise StrictDecodeError("base64 length is impossible")
         padded = unpadded + b"=" * (-len(unpadded) % 4)
-        if raw != unpadded and raw != padded:
+        if raw not in (unpadded, padded):
             raise StrictDecodeError("base64 padding is wrong")
-        decoder, encoder = base64.urlsafe_b64decode, base64.urlsafe_b64encode
+        urlsafe = True
+    elif _STD_B64.match(raw):
+        raise StrictDecodeError("standard base64 must be padded to a multiple of 4")
     else:
         raise StrictDecodeError("not base64 (standard or URL-safe alphabet)")
     try:
-        data = decoder(padded)
+        data = base64.urlsafe_b64decode(padded) if urlsafe else base64.b64decode(padded)
     except binascii.Error as exc:
         raise StrictDecodeError(f"bad base64: {exc}") from exc
-    if encoder(data) != padded:
+    again = base64.urlsafe_b64encode(data) if urlsafe else base64.b64encode(data)
+    if again != padded:
         raise StrictDecodeError("base64 is not canonical")
     return data
 

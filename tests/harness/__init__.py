@@ -1,0 +1,1 @@
+"""Test harness: real system parts (the broker) shared by the integration tests."""
