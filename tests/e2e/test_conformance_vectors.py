@@ -56,7 +56,9 @@ def test_manifest_in_one_call_exits_1_and_prints_a_line_per_file(tmp_path: Path)
     assert init.returncode == 0, init.stderr
     files = [VECTORS / e["file"] for e in manifest["files"]]
     env = dict(os.environ, LOA_CLOCK_TRUST="system")
-    result = run(BIN / "loa-agent", "ingest", "--config", tmp_path / "station.toml", *files, env=env)
+    result = run(
+        BIN / "loa-agent", "ingest", "--config", tmp_path / "station.toml", *files, env=env
+    )
     lines = result.stdout.splitlines()
     assert len(lines) == len(files)
     got = ["accepted" if ln.startswith("accepted") else ln.split()[1] for ln in lines]

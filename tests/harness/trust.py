@@ -33,7 +33,7 @@ STATION = "25/08230/08230-01"
 
 KEY_NAMES = (
     "root1", "root2", "root3", "playlist", "command", "emergency", "maintenance",
-    "commune-08230", "stranger",
+    "commune-08230", "stranger", "new1", "new2", "new3",
 )  # fmt: skip
 PAYLOAD = {
     "playlist": "application/vnd.loa.playlist+json",

@@ -135,7 +135,9 @@ def test_bad_signature_is_reported_even_beside_a_stranger(on_air: Station) -> No
 
 
 def test_unknown_key(on_air: Station) -> None:
-    assert_rejected(on_air, envelope("playlist", playlist_body(version=6), "stranger"), Code.UNKNOWN_KEY)
+    assert_rejected(
+        on_air, envelope("playlist", playlist_body(version=6), "stranger"), Code.UNKNOWN_KEY
+    )
 
 
 def test_unknown_key_when_keyid_is_missing(on_air: Station) -> None:
@@ -298,9 +300,7 @@ def test_small_skew_is_tolerated(on_air: Station) -> None:
 def test_keyring_expired_beyond_grace_refuses_all_but_a_successor(
     tmp_path: Path, fake_clock: FakeClock
 ) -> None:
-    short = envelope(
-        "keyring", keyring_body(expires="2026-12-01T00:00:00+07:00"), "root1", "root2"
-    )
+    short = envelope("keyring", keyring_body(expires="2026-12-01T00:00:00+07:00"), "root1", "root2")
     made = make_station(tmp_path / "short", fake_clock, keyring_envelope=short)
     try:
         assert isinstance(made.ingest(GOOD), Accepted)
@@ -322,7 +322,9 @@ def test_keyring_expired_beyond_grace_refuses_all_but_a_successor(
 
 
 def test_rollback(on_air: Station) -> None:
-    assert_rejected(on_air, envelope("playlist", playlist_body(version=4), "playlist"), Code.ROLLBACK)
+    assert_rejected(
+        on_air, envelope("playlist", playlist_body(version=4), "playlist"), Code.ROLLBACK
+    )
 
 
 def test_version_conflict(on_air: Station) -> None:
