@@ -17,8 +17,8 @@ test: venv lint typecheck
 	$(BIN)/pytest
 
 lint: venv
-	$(BIN)/ruff check agent hal provisioning province tests bench
-	$(BIN)/ruff format --check agent hal provisioning province tests bench
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 typecheck: venv
 	$(BIN)/mypy

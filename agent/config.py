@@ -126,9 +126,7 @@ def load_config(text: str, env: Mapping[str, str], base_dir: Path) -> Config:
     skew_s = _typed(trust_t, "clock_skew_s", int, 300, "trust")
     if grace_days < 0 or not 0 <= skew_s <= 3600:
         raise ConfigError("trust.keyring_grace_days must be >= 0 and clock_skew_s 0..3600")
-    limits = Limits(
-        clock_skew=timedelta(seconds=skew_s), keyring_grace=timedelta(days=grace_days)
-    )
+    limits = Limits(clock_skew=timedelta(seconds=skew_s), keyring_grace=timedelta(days=grace_days))
 
     broker_t = _table(doc, "broker")
     urls = broker_t.get("urls", [])

@@ -43,4 +43,3 @@ class Ingestor:
             if isinstance(verdict, Accepted) and verdict.effects:
                 self.store.persist(verdict.effects, ctx.clock.now)
         return verdict
-

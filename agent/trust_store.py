@@ -106,19 +106,32 @@ class TrustStore:
             case StoreKeyring():
                 db.execute(
                     "INSERT INTO keyring VALUES (?, ?, ?, ?, ?)",
-                    (effect.keyring.version, effect.body_sha256, effect.body, effect.envelope, stamp),
+                    (
+                        effect.keyring.version,
+                        effect.body_sha256,
+                        effect.body,
+                        effect.envelope,
+                        stamp,
+                    ),
                 )
                 for issuer in effect.reset_issuers:
                     db.execute("UPDATE playlist SET floor_reset = 1 WHERE issuer = ?", (issuer,))
             case StorePlaylist():
                 db.execute(
                     "INSERT OR REPLACE INTO playlist VALUES (?, ?, ?, ?, ?, ?, 0, ?)",
-                    (*effect.stream, effect.version, effect.body_sha256, effect.body,
-                     effect.envelope, stamp),
+                    (
+                        *effect.stream,
+                        effect.version,
+                        effect.body_sha256,
+                        effect.body,
+                        effect.envelope,
+                        stamp,
+                    ),
                 )
             case RememberCommand():
                 db.execute(
-                    "INSERT OR REPLACE INTO command VALUES (?, ?)", (effect.id, _utc(effect.expires))
+                    "INSERT OR REPLACE INTO command VALUES (?, ?)",
+                    (effect.id, _utc(effect.expires)),
                 )
             case RaiseTimeFloor():
                 db.execute(

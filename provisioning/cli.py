@@ -60,8 +60,10 @@ def cmd_init(args: argparse.Namespace) -> int:
     print(f"station {station.path} provisioned: {result.config_path}")
     print(f"  signing key {keyfiles.fingerprint(result.signing_keyid)}")
     print(f"  certificate request {result.csr_path} (send it to the province to enroll)")
-    print(f"  keyring v{keyring.version} of province {keyring.province}, "
-          f"expires {keyring.expires.isoformat()}")
+    print(
+        f"  keyring v{keyring.version} of province {keyring.province}, "
+        f"expires {keyring.expires.isoformat()}"
+    )
     for name, role in sorted(keyring.roles.items()):
         prints = ", ".join(keyfiles.fingerprint(k) for k in sorted(role.keyids))
         print(f"    {name:<12} {role.threshold}/{len(role.keyids)}  {prints}")

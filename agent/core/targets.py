@@ -25,7 +25,9 @@ class StationId:
         if not _COMMUNE.match(self.commune):
             raise ValueError(f"commune must be 5 digits: {self.commune!r}")
         if not _STATION.match(self.name) or self.name in TOPIC_WORDS:
-            raise ValueError(f"station must match [a-z0-9-]{{1,32}}, not a topic word: {self.name!r}")
+            raise ValueError(
+                f"station must match [a-z0-9-]{{1,32}}, not a topic word: {self.name!r}"
+            )
 
     @classmethod
     def parse(cls, path: str) -> StationId:

@@ -211,7 +211,9 @@ def _peek_action(body: bytes) -> str | None:
 # --- step 6 and 7: scope and audience --------------------------------------------------------
 
 
-def check_scope(keyring: Keyring, signers: frozenset[str], role: str, issuer: str, target: str) -> None:
+def check_scope(
+    keyring: Keyring, signers: frozenset[str], role: str, issuer: str, target: str
+) -> None:
     in_scope = [k for k in signers if may_sign(keyring.keys[k].scope, issuer, target)]
     threshold = keyring.roles[role].threshold
     if len(in_scope) < threshold:

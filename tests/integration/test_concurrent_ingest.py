@@ -51,7 +51,7 @@ def test_racing_ingest_processes_accept_each_id_once(tmp_path: Path) -> None:
             stderr=subprocess.PIPE,
             text=True,
             env=env,
-        )  # fmt: skip
+        )
         for _ in range(4)
     ]
     outputs = [r.communicate(timeout=120)[0].splitlines() for r in racers]
