@@ -76,11 +76,15 @@ class Config:
     audio_device: str = "default"
 
 
-def _table(doc: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+def _table(doc: Mapping[str, Any], name: str, where: str = "") -> Mapping[str, Any]:
     value = doc.get(name, {})
     if not isinstance(value, dict):
-        raise ConfigError(f"[{name}] must be a table")
+        raise ConfigError(f"[{where}{name}] must be a table")
     return value
+
+
+def _is_pin(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 53
 
 
 def _typed(table: Mapping[str, Any], key: str, kind: type[T], default: T, where: str) -> T:
@@ -119,9 +123,16 @@ def load_config(text: str, env: Mapping[str, str], base_dir: Path) -> Config:
     )
 
     trust_t = _table(doc, "trust")
-    clock_trust = env.get("LOA_CLOCK_TRUST") or _typed(trust_t, "clock", str, "kernel", "trust")
-    if clock_trust not in CLOCK_TRUST_MODES:
-        raise ConfigError(f"clock trust must be one of {CLOCK_TRUST_MODES}, got {clock_trust!r}")
+    file_clock = _typed(trust_t, "clock", str, "kernel", "trust")
+    # The file is checked even when the environment overrides it: a broken file must not hide
+    # until the day the override is removed. A variable set but empty counts as unset.
+    env_clock = env.get("LOA_CLOCK_TRUST") or None
+    for source, value in (("trust.clock", file_clock), ("LOA_CLOCK_TRUST", env_clock)):
+        if value is not None and value not in CLOCK_TRUST_MODES:
+            raise ConfigError(
+                f"{source} (clock trust) must be one of {CLOCK_TRUST_MODES}, got {value!r}"
+            )
+    clock_trust = env_clock or file_clock
     grace_days = _typed(trust_t, "keyring_grace_days", int, 30, "trust")
     skew_s = _typed(trust_t, "clock_skew_s", int, 300, "trust")
     if grace_days < 0 or not 0 <= skew_s <= 3600:
@@ -134,15 +145,15 @@ def load_config(text: str, env: Mapping[str, str], base_dir: Path) -> Config:
         raise ConfigError("broker.urls must be a list of strings")
 
     gpio_t = _table(doc, "gpio")
-    zones_t = _table(gpio_t, "zones")
+    zones_t = _table(gpio_t, "zones", "gpio.")
     zones: dict[str, int] = {}
     for zone, pin in zones_t.items():
-        if not isinstance(pin, int) or isinstance(pin, bool) or not 0 <= pin <= 53:
-            raise ConfigError(f"gpio.zones.{zone} must be a BCM pin number 0..53")
+        if not _is_pin(pin):
+            raise ConfigError(f"gpio.zones.{zone} must be a BCM pin number 0..53, got {pin!r}")
         zones[zone] = pin
     amp_pin = gpio_t.get("amp_pin")
-    if amp_pin is not None and (not isinstance(amp_pin, int) or isinstance(amp_pin, bool)):
-        raise ConfigError("gpio.amp_pin must be a BCM pin number")
+    if amp_pin is not None and not _is_pin(amp_pin):
+        raise ConfigError(f"gpio.amp_pin must be a BCM pin number 0..53, got {amp_pin!r}")
 
     audio_t = _table(doc, "audio")
     return Config(

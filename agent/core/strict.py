@@ -87,6 +87,16 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def _has_lone_surrogate(value: Any) -> bool:
+    if isinstance(value, str):
+        return any("\ud800" <= ch <= "\udfff" for ch in value)
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    return False
+
+
 def loads(data: bytes) -> Any:
     """Parse UTF-8 JSON strictly; raise StrictDecodeError on anything doubtful."""
     try:
@@ -96,7 +106,7 @@ def loads(data: bytes) -> Any:
     if text.startswith("\ufeff"):
         raise StrictDecodeError("byte-order mark")
     try:
-        return json.loads(
+        value = json.loads(
             text,
             object_pairs_hook=_no_duplicates,
             parse_constant=_reject_constant,
@@ -111,3 +121,8 @@ def loads(data: bytes) -> Any:
         raise StrictDecodeError(f"not JSON: {exc}") from exc
     except RecursionError as exc:
         raise StrictDecodeError("JSON nested too deeply") from exc
+    # Only an escape can smuggle in a lone surrogate (I-JSON forbids them; they cannot be
+    # encoded back to UTF-8), so the walk is skipped for the common text without escapes.
+    if "\\u" in text and _has_lone_surrogate(value):
+        raise StrictDecodeError("string holds a lone UTF-16 surrogate")
+    return value

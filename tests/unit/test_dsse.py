@@ -1,4 +1,4 @@
-"""Unit tests of agent.core.dsse: PAE, envelope parsing, signing and verification (PROTOCOL.md s3)."""
+"""Unit tests of agent.core.dsse: PAE, envelope parsing, signing, verification (PROTOCOL s3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Unit tests of agent.core.strict: the one accepted spelling of base64 and JSON (PROTOCOL.md s3)."""
+"""Unit tests of agent.core.strict: the one accepted spelling of base64 and JSON (PROTOCOL s3)."""
 
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def test_b64decode_accepts_unpadded_urlsafe_without_urlsafe_only_characters(
         ("ＱＱ==", "non-ASCII"),
         # standard alphabet must be padded
         ("+/8", "must be padded"),
-        ("QQ=", "must be padded"),
+        ("QQ=", "padding is wrong"),
         ("+w=", "must be padded"),
         # URL-safe: impossible lengths and wrong padding
         ("-_8-_", "length is impossible"),
@@ -154,7 +154,7 @@ def test_b64_one_spelling_per_alphabet(data: bytes, junk: str) -> None:
         (b"{}", {}),
         (b"[]", []),
         (b'{"a": [1, 2.5, "x", true, false, null]}', {"a": [1, 2.5, "x", True, False, None]}),
-        (b" \n{\"a\": 1}\n ", {"a": 1}),
+        (b' \n{"a": 1}\n ', {"a": 1}),
         (str(MAX_SAFE_INTEGER).encode(), MAX_SAFE_INTEGER),
         (str(-MAX_SAFE_INTEGER).encode(), -MAX_SAFE_INTEGER),
         (b"-0", 0),
@@ -248,8 +248,9 @@ _safe_ints = st.integers(min_value=-MAX_SAFE_INTEGER, max_value=MAX_SAFE_INTEGER
 _finite_floats = st.floats(allow_nan=False, allow_infinity=False)
 _json_values = st.recursive(
     st.none() | st.booleans() | _safe_ints | _finite_floats | st.text(),
-    lambda children: st.lists(children, max_size=5)
-    | st.dictionaries(st.text(max_size=10), children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5)
+    ),
     max_leaves=30,
 )
 
@@ -283,8 +284,10 @@ def test_json_round_trips_ascii(value: object) -> None:
         | _safe_ints
         | _finite_floats
         | st.text(st.characters(exclude_categories=("Cs",))),
-        lambda children: st.lists(children, max_size=5)
-        | st.dictionaries(st.text(max_size=10), children, max_size=5),
+        lambda children: (
+            st.lists(children, max_size=5)
+            | st.dictionaries(st.text(max_size=10), children, max_size=5)
+        ),
         max_leaves=30,
     )
 )
@@ -293,8 +296,11 @@ def test_json_round_trips_utf8(value: object) -> None:
     assert _same(strict.loads(data), value)
 
 
-@given(st.integers().filter(lambda n: abs(n) > MAX_SAFE_INTEGER))
-def test_json_refuses_every_unsafe_integer(value: int) -> None:
+@given(st.integers(min_value=0, max_value=2**200), st.booleans())
+def test_json_refuses_every_unsafe_integer(excess: int, negative: bool) -> None:
+    value = MAX_SAFE_INTEGER + 1 + excess
+    if negative:
+        value = -value
     with pytest.raises(StrictDecodeError, match="integer beyond"):
         strict.loads(json.dumps({"n": value}).encode())
 
@@ -306,3 +312,15 @@ def test_json_refuses_any_repeated_key(doc: dict[str, int]) -> None:
     repeated = text[:-1] + ", " + json.dumps(key) + ": 0}"
     with pytest.raises(StrictDecodeError, match="duplicate key"):
         strict.loads(repeated.encode())
+
+
+@pytest.mark.parametrize(
+    "text", [b'"\\ud800"', b'{"a": ["x\\udc00"]}', b'{"\\udfff": 1}', b'"\\ude00\\ud83d"']
+)
+def test_json_refuses_lone_surrogates(text: bytes) -> None:
+    with pytest.raises(StrictDecodeError, match="surrogate"):
+        strict.loads(text)
+
+
+def test_json_keeps_escaped_surrogate_pairs() -> None:
+    assert strict.loads(b'"\\ud83d\\ude00"') == "\U0001f600"

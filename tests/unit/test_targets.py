@@ -1,4 +1,4 @@
-"""Unit tests of agent.core.targets: station ids, audiences and who may sign as whom (PROTOCOL s1, s4)."""
+"""Unit tests of agent.core.targets: station ids, audiences, who signs as whom (PROTOCOL s1, s4)."""
 
 from __future__ import annotations
 
