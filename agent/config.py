@@ -62,6 +62,30 @@ class Paths:
 @dataclass(frozen=True, slots=True)
 class BrokerConfig:
     urls: tuple[str, ...] = ()
+    keepalive_s: int = 120
+    will_delay_s: int = 60  # a short drop raises no alarm
+    session_expiry_s: int = 600
+
+
+@dataclass(frozen=True, slots=True)
+class AudioConfig:
+    output: str = "device"  # "device": PyAudio; "wav": a file per station (simulation)
+    device: str = "default"
+    wav: Path | None = None
+    warmup_s: float = 2.0  # amplifier power-on to zone relays and sound
+    hold_s: float = 3.0  # after the last sample, before the relays drop
+    default_volume: int = 80
+
+
+@dataclass(frozen=True, slots=True)
+class MediaConfig:
+    allow_http: bool = False
+    timeout_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class ReportsConfig:
+    heartbeat_s: float = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +97,11 @@ class Config:
     broker: BrokerConfig = field(default_factory=BrokerConfig)
     zones: Mapping[str, int] = field(default_factory=dict)  # zone name -> relay GPIO pin
     amp_pin: int | None = None
-    audio_device: str = "default"
+    active_high: bool = True
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    media: MediaConfig = field(default_factory=MediaConfig)
+    reports: ReportsConfig = field(default_factory=ReportsConfig)
+    sim: bool = False  # LOA_HAL=sim: gpiozero MockFactory, audio to a WAV file by default
 
 
 def _table(doc: Mapping[str, Any], name: str, where: str = "") -> Mapping[str, Any]:
@@ -155,17 +183,57 @@ def load_config(text: str, env: Mapping[str, str], base_dir: Path) -> Config:
     if amp_pin is not None and not _is_pin(amp_pin):
         raise ConfigError(f"gpio.amp_pin must be a BCM pin number 0..53, got {amp_pin!r}")
 
+    sim = env.get("LOA_HAL") == "sim"
     audio_t = _table(doc, "audio")
+    output = _typed(audio_t, "output", str, "wav" if sim else "device", "audio")
+    if output not in ("device", "wav"):
+        raise ConfigError(f"audio.output must be 'device' or 'wav', got {output!r}")
+    audio = AudioConfig(
+        output=output,
+        device=_typed(audio_t, "device", str, "default", "audio"),
+        wav=base_dir / _typed(audio_t, "wav", str, "state/speaker.wav", "audio"),
+        warmup_s=_number(audio_t, "warmup_s", 2.0, "audio", 0, 60),
+        hold_s=_number(audio_t, "hold_s", 3.0, "audio", 0, 600),
+        default_volume=int(_number(audio_t, "default_volume", 80, "audio", 0, 100)),
+    )
+    media_t = _table(doc, "media")
+    media = MediaConfig(
+        allow_http=_typed(media_t, "allow_http", bool, False, "media"),
+        timeout_s=_number(media_t, "timeout_s", 30.0, "media", 1, 600),
+    )
+    reports_t = _table(doc, "reports")
+    reports = ReportsConfig(
+        heartbeat_s=_number(reports_t, "heartbeat_s", 300.0, "reports", 1, 86400)
+    )
+    broker = BrokerConfig(
+        urls=tuple(urls),
+        keepalive_s=int(_number(broker_t, "keepalive_s", 120, "broker", 5, 3600)),
+        will_delay_s=int(_number(broker_t, "will_delay_s", 60, "broker", 0, 3600)),
+        session_expiry_s=int(_number(broker_t, "session_expiry_s", 600, "broker", 0, 86400 * 7)),
+    )
     return Config(
         station=station,
         paths=paths,
         clock_trust=clock_trust,
         limits=limits,
-        broker=BrokerConfig(tuple(urls)),
+        broker=broker,
         zones=zones,
         amp_pin=amp_pin,
-        audio_device=_typed(audio_t, "device", str, "default", "audio"),
+        active_high=_typed(gpio_t, "active_high", bool, True, "gpio"),
+        audio=audio,
+        media=media,
+        reports=reports,
+        sim=sim,
     )
+
+
+def _number(
+    table: Mapping[str, Any], key: str, default: float, where: str, low: float, high: float
+) -> float:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise ConfigError(f"{where}.{key} must be a number {low}..{high}, got {value!r}")
+    return float(value)
 
 
 def read_config(path: Path, env: Mapping[str, str]) -> Config:

@@ -46,7 +46,7 @@ def test_minimal_config_takes_the_defaults() -> None:
     assert config.broker.urls == ()
     assert dict(config.zones) == {}
     assert config.amp_pin is None
-    assert config.audio_device == "default"
+    assert config.audio.device == "default"
 
 
 def test_derived_paths_live_under_state_and_keys() -> None:
@@ -99,7 +99,7 @@ device = "hw:1,0"
     )
     assert dict(config.zones) == {"market": 0, "school": 53}
     assert config.amp_pin == 17
-    assert config.audio_device == "hw:1,0"
+    assert config.audio.device == "hw:1,0"
 
 
 @pytest.mark.parametrize("base_dir", [Path("/srv/a"), Path("relative/dir"), Path("/")])

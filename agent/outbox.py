@@ -1,0 +1,120 @@
+"""The durable outbox (PROTOCOL.md section 7): every report is written here before it is sent.
+
+SQLite, WAL, synchronous=FULL. ``seq`` is per report kind, allocated in the same transaction
+that stores the report, so it increases by one and never repeats across restarts or power cuts.
+A row leaves only when the collector's receipt watermark covers it: a broker PUBACK deletes
+nothing (mosquitto also acknowledges messages it then discards).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+KINDS = ("heartbeat", "asrun", "event")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS counter (kind TEXT PRIMARY KEY, next_seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS report (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, seq INTEGER NOT NULL,
+    topic TEXT NOT NULL, payload BLOB NOT NULL, created_at TEXT NOT NULL,
+    UNIQUE (kind, seq));
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+class OutboxError(RuntimeError):
+    """The outbox cannot be written (disk full, corruption): reports are at risk."""
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    id: int
+    kind: str
+    seq: int
+    topic: str
+    payload: bytes
+
+
+class Outbox:
+    def __init__(self, path: Path) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, timeout=30, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise OutboxError(f"cannot open outbox {path}: {exc}") from exc
+
+    def close(self) -> None:
+        self._db.close()
+
+    def append(self, kind: str, topic: str, build: Callable[[int], bytes], now: datetime) -> Report:
+        """Allocate the next ``seq`` of ``kind``, build the payload with it, store both."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown report kind {kind!r}")
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            row = db.execute("SELECT next_seq FROM counter WHERE kind = ?", (kind,)).fetchone()
+            seq = row[0] if row else 0
+            payload = build(seq)
+            cursor = db.execute(
+                "INSERT INTO report (kind, seq, topic, payload, created_at) VALUES (?,?,?,?,?)",
+                (kind, seq, topic, payload, now.isoformat()),
+            )
+            db.execute(
+                "INSERT INTO counter VALUES (?, ?) ON CONFLICT(kind) DO UPDATE SET next_seq = ?",
+                (kind, seq + 1, seq + 1),
+            )
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise OutboxError(f"cannot store {kind} report: {exc}") from exc
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return Report(int(cursor.lastrowid or 0), kind, seq, topic, payload)
+
+    def pending(self, after_id: int = 0, limit: int = 500) -> list[Report]:
+        """Unacknowledged reports in the order they were written."""
+        rows = self._db.execute(
+            "SELECT id, kind, seq, topic, payload FROM report WHERE id > ? ORDER BY id LIMIT ?",
+            (after_id, limit),
+        )
+        return [Report(i, k, s, t, bytes(p)) for i, k, s, t, p in rows]
+
+    def acknowledge(self, watermarks: Mapping[str, int]) -> int:
+        """Delete every report of each kind with ``seq`` up to its watermark; return the count."""
+        deleted = 0
+        try:
+            with self._db:
+                for kind, upto in watermarks.items():
+                    if kind in KINDS and isinstance(upto, int) and not isinstance(upto, bool):
+                        cur = self._db.execute(
+                            "DELETE FROM report WHERE kind = ? AND seq <= ?", (kind, upto)
+                        )
+                        deleted += cur.rowcount
+        except sqlite3.Error as exc:
+            raise OutboxError(f"cannot apply receipt: {exc}") from exc
+        return deleted
+
+    def next_session(self) -> int:
+        """Count connections: each connect gets a new session number, persisted."""
+        with self._db:
+            self._db.execute(
+                "INSERT INTO meta VALUES ('session', 1) "
+                "ON CONFLICT(key) DO UPDATE SET value = value + 1"
+            )
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'session'").fetchone()
+        return int(row[0])
+
+    def backlog(self) -> dict[str, int]:
+        rows = self._db.execute("SELECT kind, COUNT(*) FROM report GROUP BY kind")
+        return {kind: count for kind, count in rows}
