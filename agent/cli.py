@@ -9,6 +9,7 @@ usage or configuration error. Details for people go to stderr.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -26,16 +27,20 @@ EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loa-agent", description="Loa station agent")
     sub = parser.add_subparsers(dest="command", required=True)
+    default_config = Path(os.environ.get("LOA_CONFIG", DEFAULT_CONFIG_PATH))
     ingest = sub.add_parser(
         "ingest", help="verify and apply envelope files as if they had arrived on MQTT"
     )
     ingest.add_argument(
         "--config",
         type=Path,
-        default=Path(os.environ.get("LOA_CONFIG", DEFAULT_CONFIG_PATH)),
+        default=default_config,
         help="station config (default: $LOA_CONFIG or /etc/loa/station.toml)",
     )
     ingest.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    run = sub.add_parser("run", help="run the station: broker, schedule, relays, audio, reports")
+    run.add_argument("--config", type=Path, default=default_config, help="station config")
+    run.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING"))
     return parser
 
 
@@ -73,10 +78,25 @@ def cmd_ingest(config_path: Path, files: Sequence[Path]) -> int:
     return status
 
 
+def cmd_run(config_path: Path, log_level: str) -> int:
+    logging.basicConfig(level=log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        config = read_config(config_path, os.environ)
+    except ConfigError as exc:
+        print(f"loa-agent: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    from agent.app import run  # hardware libraries load only when the station really runs
+
+    run(config, SystemClock())
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "ingest":
         return cmd_ingest(args.config, args.files)
+    if args.command == "run":
+        return cmd_run(args.config, args.log_level)
     return EXIT_USAGE
 
 

@@ -170,6 +170,10 @@ class TrustStore:
             time_floor=datetime.fromisoformat(floor_row[0]) if floor_row else None,
         )
 
+    def data_version(self) -> int:
+        """Changes when *another* connection (``loa-agent ingest``) committed to the database."""
+        return _data_version(self._db)
+
     def playlist_bodies(self) -> dict[Stream, bytes]:
         """The verified bodies of the playlists in force, for the planner."""
         rows = self._db.execute("SELECT issuer, target, body FROM playlist")
@@ -179,3 +183,7 @@ class TrustStore:
 def _utc(moment: datetime) -> str:
     """ISO text in UTC with fixed width, so SQL string comparison is time comparison."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+
+
+def _data_version(db: sqlite3.Connection) -> int:
+    return int(db.execute("PRAGMA data_version").fetchone()[0])

@@ -239,6 +239,10 @@ class MosquittoBroker:
                 raise BrokerError(f"mosquitto did not reload its ACL\n{self.log_text()}")
             time.sleep(_POLL_S)
 
+    def sign_csr(self, csr_pem: bytes) -> bytes:
+        """Issue a client certificate for a station's own certificate request."""
+        return pki.sign_csr(csr_pem, self._ca_cert_pem, self._ca_key_pem, days=2)
+
     def log_text(self) -> str:
         if self._log_file is not None:
             self._log_file.flush()
@@ -445,6 +449,21 @@ class Recorder:
         with self._cond:
             if not self._cond.wait_for(lambda: find() is not None, self.timeout):
                 raise AssertionError(f"no message on {topic} within {self.timeout} s")
+            found = find()
+            assert found is not None
+            return found
+
+    def wait_for(
+        self, predicate: Callable[[MQTTMessage], bool], what: str, timeout: float | None = None
+    ) -> MQTTMessage:
+        """The first message received (before or after the call) that satisfies ``predicate``."""
+
+        def find() -> MQTTMessage | None:
+            return next((m for m in self.messages if predicate(m)), None)
+
+        with self._cond:
+            if not self._cond.wait_for(lambda: find() is not None, timeout or self.timeout):
+                raise AssertionError(f"no message {what} within {timeout or self.timeout} s")
             found = find()
             assert found is not None
             return found

@@ -1,0 +1,116 @@
+"""The one composition root: builds a running station from its config, real parts or simulated.
+
+Nothing else in the agent decides which implementation of a port is used. ``LOA_HAL=sim``
+(``config.sim``) swaps GPIO for gpiozero's MockFactory and, by default, the sound card for a
+WAV file per station, so the whole station runs on a laptop; on shutdown it leaves the relay
+history beside the WAV file for whoever wants to see what the relays did.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from agent import keyfiles
+from agent.cache import MediaCache
+from agent.config import Config
+from agent.core.clock import Clock
+from agent.ingest import Ingestor
+from agent.link import Link, LinkEvent, TlsFiles
+from agent.outbox import Outbox
+from agent.player import Player, PlayResult
+from agent.station import Station
+from agent.trust_store import TrustStore
+from hal.audio import Decoder, open_sink
+from hal.files import atomic_write
+from hal.relays import GpioRelays, pin_history, use_mock_pins
+
+log = logging.getLogger("loa.app")
+
+
+def build_station(config: Config, clock: Clock) -> tuple[Station, Callable[[], None]]:
+    """The station and a cleanup to call after it stopped."""
+    factory: Any = use_mock_pins() if config.sim else None
+    relays = GpioRelays(config.amp_pin, config.zones, active_high=config.active_high)
+    store = TrustStore(config.paths.trust_db)
+    outbox = Outbox(config.paths.outbox)
+    cache = MediaCache(
+        config.paths.cache, allow_http=config.media.allow_http, timeout_s=config.media.timeout_s
+    )
+    wav = config.audio.wav or config.paths.state / "speaker.wav"
+
+    def player(on_done: Callable[[PlayResult], None]) -> Player:
+        return Player(
+            relays,
+            lambda: open_sink(config.audio.output, config.audio.device, wav),
+            lambda path, gain: Decoder(path, gain),
+            clock,
+            on_done,
+            warmup_s=config.audio.warmup_s,
+            hold_s=config.audio.hold_s,
+        )
+
+    link_factory = None
+    if config.broker.urls:
+        tls = TlsFiles(config.paths.ca_certificate, config.paths.certificate, config.paths.tls_key)
+        offline = json.dumps({"online": False, "station": config.station.path}).encode()
+
+        def link_factory(deliver: Callable[[LinkEvent], None]) -> Link:
+            return Link(
+                config.station,
+                config.broker.urls[0],
+                tls,
+                deliver,
+                will_payload=offline,
+                keepalive_s=config.broker.keepalive_s,
+                will_delay_s=config.broker.will_delay_s,
+                session_expiry_s=config.broker.session_expiry_s,
+            )
+
+    station = Station(
+        config=config,
+        clock=clock,
+        ingestor=Ingestor(config, store, clock),
+        outbox=outbox,
+        cache=cache,
+        player_factory=player,
+        signing_key=keyfiles.load_private(config.paths.signing_key),
+        link_factory=link_factory,
+    )
+
+    def cleanup() -> None:
+        relays.close()
+        if factory is not None:
+            _write_pin_history(factory, config.paths.state / "sim-pins.json")
+            factory.reset()
+        outbox.close()
+        store.close()
+
+    return station, cleanup
+
+
+def _write_pin_history(factory: Any, path: Path) -> None:
+    history = {
+        str(pin): [[stamp, state] for stamp, state in states]
+        for pin, states in pin_history(factory).items()
+    }
+    atomic_write(path, json.dumps(history, indent=1).encode())
+
+
+def run(config: Config, clock: Clock) -> None:
+    station, cleanup = build_station(config, clock)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        station.stop(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        station.run()
+    finally:
+        cleanup()

@@ -1,0 +1,184 @@
+"""The MQTT link (paho, MQTT 5, mutual TLS): connects, subscribes, and hands everything over.
+
+paho's network thread never does the station's work: every callback only builds a frozen
+message and calls ``deliver`` (the runtime's queue put). Publishing is thread-safe in paho and
+is called from the runtime's thread. The Will on ``state`` carries a Will Delay so a short drop
+raises no alarm; reconnects back off (paho doubles the delay up to the maximum).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from agent.core.targets import StationId
+
+
+class LinkError(RuntimeError):
+    """The link cannot be set up (bad broker URL, unreadable TLS files)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    session_present: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnected:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    topic: str
+    payload: bytes
+    retained: bool
+
+
+LinkEvent = Connected | Disconnected | Received
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def down_topics(station: StationId) -> list[str]:
+    """Section 2, down: exactly what the ACL lets this station read, with no overlaps (an
+    overlapping pair would deliver each message twice)."""
+    p, c, s = station.province, station.commune, station.name
+    return [
+        f"loa/v1/{p}/playlist/+",
+        f"loa/v1/{p}/{c}/playlist/+",
+        f"loa/v1/{p}/{c}/{s}/playlist/+",
+        f"loa/v1/{p}/keyring/+",
+        f"loa/v1/{p}/cmd",
+        f"loa/v1/{p}/{c}/cmd",
+        f"loa/v1/{p}/{c}/{s}/cmd",
+        f"loa/v1/{p}/time",
+        f"loa/v1/{p}/{c}/{s}/ack",
+    ]
+
+
+def parse_broker_url(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    if parts.scheme != "mqtts" or not parts.hostname:
+        raise LinkError(f"broker URL must be mqtts://host[:port], got {url!r}")
+    return parts.hostname, parts.port or 8883
+
+
+class Link:
+    def __init__(
+        self,
+        station: StationId,
+        broker_url: str,
+        tls: TlsFiles,
+        deliver: Callable[[LinkEvent], None],
+        *,
+        will_payload: bytes,
+        keepalive_s: int = 120,
+        will_delay_s: int = 60,
+        session_expiry_s: int = 600,
+    ) -> None:
+        self.station = station
+        self._host, self._port = parse_broker_url(broker_url)
+        self._deliver = deliver
+        self._keepalive = keepalive_s
+        self._session_expiry = session_expiry_s
+        self.connected = False
+        client = Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=station.path,  # the broker takes it from the certificate anyway
+            protocol=MQTTProtocolVersion.MQTTv5,
+        )
+        try:
+            client.tls_set(
+                ca_certs=str(tls.ca),
+                certfile=str(tls.cert),
+                keyfile=str(tls.key),
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        except (OSError, ssl.SSLError) as exc:
+            raise LinkError(f"cannot load TLS files: {exc}") from exc
+        will_props = Properties(PacketTypes.WILLMESSAGE)  # type: ignore[no-untyped-call]
+        will_props.WillDelayInterval = will_delay_s
+        client.will_set(self.state_topic, will_payload, qos=1, retain=True, properties=will_props)
+        client.reconnect_delay_set(min_delay=1, max_delay=120)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        self._client = client
+
+    @property
+    def state_topic(self) -> str:
+        return f"{self.station.prefix}/state"
+
+    def start(self) -> None:
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = self._session_expiry
+        self._client.connect_async(
+            self._host, self._port, keepalive=self._keepalive, clean_start=False, properties=props
+        )
+        self._client.loop_start()
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> bool:
+        """Queue a QoS 1 publish; False when not connected (the outbox keeps the report)."""
+        if not self.connected:
+            return False
+        info = self._client.publish(topic, payload, qos=1, retain=retain)
+        return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def stop(self, last_words: bytes | None = None, timeout_s: float = 5.0) -> None:
+        """Say goodbye on ``state`` (a clean disconnect suppresses the Will), then close."""
+        if last_words is not None and self.connected:
+            info = self._client.publish(self.state_topic, last_words, qos=1, retain=True)
+            # Not connected any more: the Will says it for us.
+            with contextlib.suppress(RuntimeError, ValueError):
+                info.wait_for_publish(timeout_s)
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    # paho callbacks: run on paho's thread, enqueue only -----------------------------------
+
+    def _on_connect(
+        self,
+        client: Client,
+        userdata: Any,
+        flags: ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason_code.is_failure:
+            self._deliver(Disconnected(f"connect refused: {reason_code}"))
+            return
+        self.connected = True
+        # Renewed on every connect: a broker that lost the session still serves us.
+        client.subscribe([(topic, 1) for topic in down_topics(self.station)])
+        self._deliver(Connected(bool(flags.session_present)))
+
+    def _on_disconnect(
+        self,
+        client: Client,
+        userdata: Any,
+        flags: DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        self.connected = False
+        self._deliver(Disconnected(str(reason_code)))
+
+    def _on_message(self, client: Client, userdata: Any, message: MQTTMessage) -> None:
+        self._deliver(Received(message.topic, bytes(message.payload), bool(message.retain)))

@@ -1,0 +1,408 @@
+"""The station runtime: one thread owns the state and drains one queue.
+
+paho, APScheduler, the media fetcher and the playback thread only put frozen messages on the
+queue; ``Station.run`` takes them one at a time and decides. That is the whole concurrency
+model: no locks around the station's state, because only this thread touches it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from agent.cache import CacheFullError, MediaCache, MediaError
+from agent.config import Config
+from agent.core import strict
+from agent.core.clock import Clock
+from agent.core.codes import Code
+from agent.core.models import Command, MediaRef, Playlist
+from agent.core.planner import Occurrence, occurrences, outranks
+from agent.core.reports import (
+    AsRun,
+    Health,
+    birth_body,
+    event_body,
+    heartbeat_body,
+    signed_asrun,
+    to_bytes,
+)
+from agent.core.verify import Accepted, Rejection
+from agent.ingest import Ingestor
+from agent.link import Connected, Disconnected, Link, Received
+from agent.outbox import Outbox, OutboxError
+from agent.player import Player, PlayItem, PlayRequest, PlayResult
+from agent.scheduler import MISFIRE_GRACE_S, Timers
+
+log = logging.getLogger("loa.station")
+AGENT_VERSION = "0.1.0"
+HORIZON = timedelta(days=2)
+
+
+@dataclass(frozen=True, slots=True)
+class Fire:
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class PlayDone:
+    result: PlayResult
+
+
+@dataclass(frozen=True, slots=True)
+class MediaDone:
+    media: MediaRef
+    error: str | None
+    code: Code | None
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    what: str  # heartbeat | replan | watch
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    reason: str
+
+
+Message = Received | Connected | Disconnected | Fire | PlayDone | MediaDone | Tick | Stop
+
+
+@dataclass
+class Station:
+    config: Config
+    clock: Clock
+    ingestor: Ingestor
+    outbox: Outbox
+    cache: MediaCache
+    player_factory: Callable[[Callable[[PlayResult], None]], Player]
+    signing_key: Ed25519PrivateKey
+    link_factory: Callable[[Callable[[Any], None]], Link] | None = None
+    inbox: queue.Queue[Message] = field(default_factory=queue.Queue)
+    # state owned by the runtime thread
+    playlists: dict[tuple[str, str], Playlist] = field(default_factory=dict)
+    plan: dict[str, Occurrence] = field(default_factory=dict)
+    session: int = 0
+    _published: set[int] = field(default_factory=set)
+    _fetching: set[str] = field(default_factory=set)
+    _data_version: int = -1
+    _started_mono: float = 0.0
+    _playing: Occurrence | None = None
+
+    def __post_init__(self) -> None:
+        self.timers = Timers(lambda key: self.inbox.put(Fire(key)))
+        self.player = self.player_factory(lambda result: self.inbox.put(PlayDone(result)))
+        self.link = self.link_factory(self.inbox.put) if self.link_factory else None
+        self._fetch_queue: queue.Queue[MediaRef | None] = queue.Queue()
+        self._fetcher = threading.Thread(target=self._fetch_loop, name="fetch", daemon=True)
+
+    # lifecycle -------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        self._started_mono = self.clock.monotonic()
+        self.cache.remove_partials()
+        self.player.close()  # safe-off: relays start in a known state
+        self._fetcher.start()
+        self._reload_playlists()
+        self._event("boot", None, f"agent {AGENT_VERSION} started", {"plan": len(self.plan)})
+        self.timers.every("heartbeat", self.config.reports.heartbeat_s, self._tick("heartbeat"))
+        self.timers.every("replan", 3600, self._tick("replan"))
+        self.timers.every("watch", 5, self._tick("watch"))
+        self.timers.start()
+        if self.link is not None:
+            self.link.start()
+        try:
+            while True:
+                message = self.inbox.get()
+                if isinstance(message, Stop):
+                    log.info("stopping: %s", message.reason)
+                    break
+                self._handle(message)
+        finally:
+            self._shutdown()
+
+    def stop(self, reason: str) -> None:
+        self.inbox.put(Stop(reason))
+
+    def _shutdown(self) -> None:
+        self.timers.stop()
+        self.player.close()
+        self._fetch_queue.put(None)
+        if self.link is not None:
+            offline = {
+                "online": False,
+                "station": self.config.station.path,
+                "session": self.session,
+            }
+            self.link.stop(to_bytes(offline))
+
+    def _tick(self, what: str) -> Callable[[], None]:
+        return lambda: self.inbox.put(Tick(what))
+
+    # dispatch --------------------------------------------------------------------------------
+
+    def _handle(self, message: Message) -> None:
+        match message:
+            case Received():
+                self._on_received(message)
+            case Connected():
+                self._on_connected()
+            case Disconnected():
+                log.info("link down: %s", message.reason)
+            case Fire():
+                self._on_fire(message.key)
+            case PlayDone():
+                self._on_play_done(message.result)
+            case MediaDone():
+                self._on_media_done(message)
+            case Tick(what="heartbeat"):
+                self._heartbeat()
+                self._fetch_missing()
+            case Tick(what="replan"):
+                self._replan()
+            case Tick(what="watch"):
+                if self.ingestor.store.data_version() != self._data_version:
+                    self._reload_playlists()
+
+    def _on_received(self, message: Received) -> None:
+        station = self.config.station
+        if message.topic == f"{station.prefix}/ack":
+            self._on_ack(message.payload)
+            return
+        verdict = self.ingestor.ingest(message.payload, message.topic)
+        fields = {"topic": message.topic}
+        if isinstance(verdict, Rejection):
+            fields["payload_kind"] = verdict.kind or "unknown"
+            self._event("envelope", str(verdict.code), verdict.detail, fields)
+            return
+        fields |= {"payload_kind": verdict.kind, "issuer": verdict.issuer, "label": verdict.label}
+        self._event("envelope", "accepted", verdict.line(), fields)
+        if isinstance(verdict.message, Playlist) and not verdict.noop:
+            self._reload_playlists()
+        elif isinstance(verdict.message, Command):
+            self._on_command(verdict, verdict.message)
+
+    def _on_command(self, verdict: Accepted, command: Command) -> None:
+        if command.action == "stop":
+            self.player.cut("partial", f"stopped by command {command.id}")
+        elif command.action == "resync":
+            self._on_connected(resync=True)
+        else:
+            # emergency, cancel, live and the rest arrive with their own issues; accepting the
+            # envelope without acting would be a lie, so the event says so.
+            self._event(
+                "command", "unsupported", f"{command.action} is not implemented yet",
+                {"id": command.id},
+            )  # fmt: skip
+
+    def _on_ack(self, payload: bytes) -> None:
+        try:
+            marks = strict.loads(payload)
+        except strict.StrictDecodeError:
+            return
+        if isinstance(marks, dict):
+            self.outbox.acknowledge({k: v for k, v in marks.items() if isinstance(v, int)})
+            self._published = {i for i in self._published if i in self._pending_ids()}
+
+    def _on_connected(self, resync: bool = False) -> None:
+        if not resync:
+            self.session = self.outbox.next_session()
+        if self.link is None:
+            return
+        health = self._health()
+        birth = birth_body(self.config.station, self.session, self.clock.now(), health)
+        self.link.publish(self.link.state_topic, to_bytes(birth), retain=True)
+        self._published.clear()
+        self._heartbeat()
+        self._flush()
+
+    # schedule --------------------------------------------------------------------------------
+
+    def _reload_playlists(self) -> None:
+        self._data_version = self.ingestor.store.data_version()
+        playlists = {}
+        for stream, body in self.ingestor.store.playlist_bodies().items():
+            # Verified bytes, stored by the trust store after every check passed.
+            playlists[stream] = Playlist.from_body(strict.loads(body))
+        self.playlists = playlists
+        self._replan()
+        self._fetch_missing()
+
+    def _replan(self) -> None:
+        now = self.clock.now()
+        upcoming = occurrences(
+            self.playlists.values(), now - timedelta(seconds=MISFIRE_GRACE_S), now + HORIZON
+        )
+        self.plan = {o.key: o for o in upcoming}
+        if self._playing is not None:
+            self.plan.setdefault(self._playing.key, self._playing)
+        self.timers.replace_plan(upcoming, now)
+
+    def _on_fire(self, key: str) -> None:
+        occurrence = self.plan.get(key)
+        if occurrence is None:
+            return  # replaced by a newer playlist since the timer was set
+        missing = [m for m in occurrence.items if not self.cache.has(m.sha256, m.bytes)]
+        if missing:
+            self._fetch_missing()
+            self._asrun(occurrence, "failed", "media-missing", None)
+            return
+        current = self._playing
+        if current is not None and self.player.busy:
+            if not outranks(occurrence, current):
+                self._asrun(occurrence, "skipped", f"{current.slot_id} was playing", None)
+                return
+            self.player.cut("preempted", f"preempted by {occurrence.slot_id}")
+        self._start(occurrence)
+
+    def _start(self, occurrence: Occurrence) -> None:
+        volume = self._volume(occurrence)
+        deadline = None
+        if occurrence.end is not None:
+            left = (occurrence.end - self.clock.now()).total_seconds()
+            deadline = self.clock.monotonic() + max(0.0, left)
+        items = tuple(
+            PlayItem(m.name, m.sha256, self.cache.path_for(m.sha256)) for m in occurrence.items
+        )
+        self._playing = occurrence
+        self.player.play(
+            PlayRequest(
+                occurrence.key, items, occurrence.zones, volume / 100, occurrence.gap_s, deadline
+            )
+        )
+
+    def _on_play_done(self, result: PlayResult) -> None:
+        occurrence = self.plan.get(result.key) or self._playing
+        if self._playing is not None and self._playing.key == result.key:
+            self._playing = None
+        if occurrence is None or occurrence.key != result.key:
+            return
+        self._asrun(occurrence, result.outcome, result.reason, result)
+
+    def _volume(self, occurrence: Occurrence) -> int:
+        return (
+            occurrence.volume if occurrence.volume is not None else self.config.audio.default_volume
+        )
+
+    # media -----------------------------------------------------------------------------------
+
+    def _fetch_missing(self) -> None:
+        for playlist in self.playlists.values():
+            for media in playlist.media.values():
+                if media.sha256 in self._fetching or self.cache.has(media.sha256, media.bytes):
+                    continue
+                self._fetching.add(media.sha256)
+                self._fetch_queue.put(media)
+
+    def _fetch_loop(self) -> None:
+        while (media := self._fetch_queue.get()) is not None:
+            try:
+                self.cache.fetch(media.url, media.sha256, media.bytes)
+            except MediaError as exc:
+                self.inbox.put(MediaDone(media, exc.detail, exc.code))
+            except CacheFullError as exc:
+                self.inbox.put(MediaDone(media, str(exc), None))
+            else:
+                self.inbox.put(MediaDone(media, None, None))
+
+    def _on_media_done(self, done: MediaDone) -> None:
+        self._fetching.discard(done.media.sha256)
+        fields = {"media": done.media.name, "url": done.media.url, "sha256": done.media.sha256}
+        if done.error is None:
+            self._event("media", "cached", f"{done.media.name} verified and cached", fields)
+        else:
+            code = str(done.code) if done.code else "cache-full"
+            self._event("media", code, done.error, fields)
+
+    # reports ---------------------------------------------------------------------------------
+
+    def _asrun(
+        self, occurrence: Occurrence, outcome: str, reason: str | None, result: PlayResult | None
+    ) -> None:
+        record = AsRun(
+            slot=occurrence.slot_id,
+            stream=occurrence.stream_name,
+            playlist_version=occurrence.playlist_version,
+            media=",".join(m.name for m in occurrence.items),
+            sha256=",".join(m.sha256 for m in occurrence.items),
+            scheduled_at=occurrence.start,
+            started_at=result.started_at if result else None,
+            ended_at=result.ended_at if result else None,
+            played_s=result.played_s if result else 0.0,
+            outcome=outcome,
+            reason=reason,
+            zones=occurrence.zones,
+            volume=self._volume(occurrence),
+            relay_ok=result.relay_ok if result else None,
+            amp_power_ok=result.amp_power_ok if result else None,
+            output_level_db=result.output_level_db if result else None,
+            clock_trusted=self.ingestor.clock_view().synchronised,
+        )
+        station, session, key = self.config.station, self.session, self.signing_key
+        self._report("asrun", lambda seq: signed_asrun(station, seq, session, record, key))
+
+    def _event(
+        self, event: str, code: str | None, detail: str, fields: dict[str, Any] | None = None
+    ) -> None:
+        station, session, now = self.config.station, self.session, self.clock.now()
+        self._report(
+            "event",
+            lambda seq: to_bytes(
+                event_body(station, seq, session, now, event, code, detail, fields)
+            ),
+        )
+
+    def _heartbeat(self) -> None:
+        station, session, now, health = (
+            self.config.station,
+            self.session,
+            self.clock.now(),
+            self._health(),
+        )
+        self._report(
+            "heartbeat", lambda seq: to_bytes(heartbeat_body(station, seq, session, now, health))
+        )
+
+    def _report(self, kind: str, build: Callable[[int], bytes]) -> None:
+        topic = f"{self.config.station.prefix}/telemetry/{kind}"
+        try:
+            report = self.outbox.append(kind, topic, build, self.clock.now())
+        except OutboxError as exc:
+            log.error("report lost to a failing outbox: %s", exc)
+            return
+        if self.link is not None and self.link.publish(report.topic, report.payload):
+            self._published.add(report.id)
+
+    def _flush(self) -> None:
+        if self.link is None:
+            return
+        for report in self.outbox.pending():
+            if report.id not in self._published and self.link.publish(report.topic, report.payload):
+                self._published.add(report.id)
+
+    def _pending_ids(self) -> set[int]:
+        return {r.id for r in self.outbox.pending(limit=100_000)}
+
+    def _health(self) -> Health:
+        state = self.ingestor.store.snapshot()
+        view = self.ingestor.clock_view()
+        return Health(
+            uptime_s=self.clock.monotonic() - self._started_mono,
+            state="scheduled" if self.player.busy else "idle",
+            streams={f"{i}@{t}": r.version for (i, t), r in state.streams.items()},
+            keyring=state.keyring.version if state.keyring else 0,
+            volume=self.config.audio.default_volume,
+            agent_version=AGENT_VERSION,
+            cache={"missing": len(self._fetching)},
+            clock={"synchronised": view.synchronised, "floor": str(state.time_floor)},
+            link={"session": self.session, "connected": bool(self.link and self.link.connected)},
+            outbox=self.outbox.backlog(),
+            hw={},
+        )
