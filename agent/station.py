@@ -209,7 +209,7 @@ class Station:
             return
         if isinstance(marks, dict):
             self.outbox.acknowledge({k: v for k, v in marks.items() if isinstance(v, int)})
-            self._published = {i for i in self._published if i in self._pending_ids()}
+            self._published &= self._pending_ids()
 
     def _on_connected(self, resync: bool = False) -> None:
         if not resync:
@@ -309,6 +309,8 @@ class Station:
                 self.inbox.put(MediaDone(media, exc.detail, exc.code))
             except CacheFullError as exc:
                 self.inbox.put(MediaDone(media, str(exc), None))
+            except OSError as exc:  # a disk fault: the fetcher must outlive it and say so
+                self.inbox.put(MediaDone(media, f"cache write failed: {exc}", None))
             else:
                 self.inbox.put(MediaDone(media, None, None))
 
@@ -318,7 +320,7 @@ class Station:
         if done.error is None:
             self._event("media", "cached", f"{done.media.name} verified and cached", fields)
         else:
-            code = str(done.code) if done.code else "cache-full"
+            code = str(done.code) if done.code else "cache-write-failed"
             self._event("media", code, done.error, fields)
 
     # reports ---------------------------------------------------------------------------------

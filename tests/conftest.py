@@ -4,5 +4,6 @@ pytest_plugins = [
     "tests.harness.broker",
     "tests.harness.clock",
     "tests.harness.gpio",
+    "tests.harness.media_server",
     "tests.harness.trust",
 ]
