@@ -21,7 +21,6 @@ from agent.cache import CacheFullError, MediaCache, MediaError
 from agent.config import Config
 from agent.core import strict
 from agent.core.clock import Clock
-from agent.core.codes import Code
 from agent.core.models import Command, MediaRef, Playlist
 from agent.core.planner import Occurrence, occurrences, outranks
 from agent.core.reports import (
@@ -59,7 +58,7 @@ class PlayDone:
 class MediaDone:
     media: MediaRef
     error: str | None
-    code: Code | None
+    code: str | None  # a section 8 media code, or cache-full / cache-write-failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,11 +305,11 @@ class Station:
             try:
                 self.cache.fetch(media.url, media.sha256, media.bytes)
             except MediaError as exc:
-                self.inbox.put(MediaDone(media, exc.detail, exc.code))
+                self.inbox.put(MediaDone(media, exc.detail, str(exc.code)))
             except CacheFullError as exc:
-                self.inbox.put(MediaDone(media, str(exc), None))
+                self.inbox.put(MediaDone(media, str(exc), "cache-full"))
             except OSError as exc:  # a disk fault: the fetcher must outlive it and say so
-                self.inbox.put(MediaDone(media, f"cache write failed: {exc}", None))
+                self.inbox.put(MediaDone(media, f"cache write failed: {exc}", "cache-write-failed"))
             else:
                 self.inbox.put(MediaDone(media, None, None))
 
@@ -320,8 +319,7 @@ class Station:
         if done.error is None:
             self._event("media", "cached", f"{done.media.name} verified and cached", fields)
         else:
-            code = str(done.code) if done.code else "cache-write-failed"
-            self._event("media", code, done.error, fields)
+            self._event("media", done.code, done.error, fields)
 
     # reports ---------------------------------------------------------------------------------
 
