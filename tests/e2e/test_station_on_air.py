@@ -105,20 +105,39 @@ def test_playlist_over_mqtt_plays_and_reports(
             "loa/v1/25/playlist/25", envelope("playlist", good, "playlist"), retain=True
         )
 
-        # Bad playlists, each over MQTT; the station says why and keeps the good one.
+        # v2 replaces v1; then bad playlists, each over MQTT: the station says why, keeps v2.
+        v2 = good | {"version": 2}
+        operator.publish("loa/v1/25/playlist/25", envelope("playlist", v2, "playlist"), retain=True)
+        signed = json.loads(envelope("playlist", good | {"version": 3}, "playlist"))
+        signed["signatures"][0]["sig"] = base64.b64encode(bytes(64)).decode()
+        expired = good | {"version": 3, "expires": "2026-11-02T00:00:00+07:00"}
         bad = {
-            "unknown-key": envelope("playlist", good | {"version": 2}, "stranger"),
-            "schema": envelope("playlist", good | {"version": 2, "extra": 1}, "playlist"),
-            "rollback": envelope(
-                "playlist",
-                good | {"version": 0 + 1, "issued_at": "2026-11-02T00:00:00+07:00"},
-                "playlist",
+            "rollback": ("loa/v1/25/playlist/25", envelope("playlist", good, "playlist")),
+            "version-conflict": (
+                "loa/v1/25/playlist/25",
+                envelope("playlist", v2 | {"issued_at": "2026-11-02T00:00:00+07:00"}, "playlist"),
+            ),
+            "unknown-key": ("loa/v1/25/playlist/25", envelope("playlist", v2, "stranger")),
+            "threshold-not-met": ("loa/v1/25/playlist/25", envelope("playlist", v2, "emergency")),
+            "bad-signature": ("loa/v1/25/playlist/25", json.dumps(signed).encode()),
+            "bad-envelope": ("loa/v1/25/playlist/25", b"{not json"),
+            "wrong-payload-type": (
+                "loa/v1/25/playlist/25",
+                json.dumps(signed | {"payloadType": "text/plain"}).encode(),
+            ),
+            "schema": ("loa/v1/25/playlist/25", envelope("playlist", v2 | {"x": 1}, "playlist")),
+            "expired": ("loa/v1/25/playlist/25", envelope("playlist", expired, "playlist")),
+            "out-of-scope": (
+                "loa/v1/25/08230/playlist/25",
+                envelope("playlist", v2 | {"target": "25/08230"}, "commune-08230"),
+            ),
+            "wrong-audience": (
+                "loa/v1/25/08230/playlist/25",
+                envelope("playlist", good | {"version": 3}, "playlist"),
             ),
         }
-        for _code, data in bad.items():
-            operator.publish("loa/v1/25/playlist/25", data, retain=True)
-        wrong_topic = envelope("playlist", good | {"version": 3}, "playlist")
-        operator.publish("loa/v1/25/08230/playlist/25", wrong_topic, retain=True)
+        for topic, data in bad.values():
+            operator.publish(topic, data, retain=True)
 
         asrun = operator.wait_for(
             lambda m: m.topic == f"{PREFIX}/telemetry/asrun", "as-run", timeout=40
@@ -134,17 +153,17 @@ def test_playlist_over_mqtt_plays_and_reports(
         load_schema_set().validate("asrun", record)
         assert record["outcome"] == "complete", record
         assert record["slot"] == "test-tone" and record["stream"] == "25@25"
-        assert record["playlist_version"] == 1
+        assert record["playlist_version"] == 2
         assert abs(record["played_s"] - 1.5) < 0.1
         assert record["relay_ok"] is True and record["amp_power_ok"] is True
         assert -10.5 < record["output_level_db"] < -7.5
 
-        codes = {e["code"] for e in events(operator) if e["event"] == "envelope"}
-        assert {"accepted", "unknown-key", "schema", "version-conflict", "wrong-audience"} <= codes
+        codes = [e["code"] for e in events(operator) if e["event"] == "envelope"]
+        assert sorted(codes) == sorted(["accepted", "accepted", *bad]), codes
         heartbeat = operator.wait_for(
             lambda m: (
                 m.topic == f"{PREFIX}/telemetry/heartbeat"
-                and json.loads(m.payload)["streams"] == {"25@25": 1}
+                and json.loads(m.payload)["streams"] == {"25@25": 2}
             ),
             "a heartbeat naming the stream in force",
         )
