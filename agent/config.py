@@ -176,6 +176,8 @@ def load_config(text: str, env: Mapping[str, str], base_dir: Path) -> Config:
     zones_t = _table(gpio_t, "zones", "gpio.")
     zones: dict[str, int] = {}
     for zone, pin in zones_t.items():
+        if zone in ("all", "amp"):
+            raise ConfigError(f"gpio.zones.{zone}: 'all' and 'amp' are reserved names")
         if not _is_pin(pin):
             raise ConfigError(f"gpio.zones.{zone} must be a BCM pin number 0..53, got {pin!r}")
         zones[zone] = pin

@@ -63,10 +63,12 @@ def asruns(recorder: Recorder) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def operator(mqtt_connect: Any) -> Recorder:
+def operator(mqtt_connect: Any) -> Iterator[Recorder]:
     recorder: Recorder = mqtt_connect("province-25")
     recorder.subscribe(f"{PREFIX}/#")
-    return recorder
+    yield recorder
+    # The station's retained birth/offline must not leak into other tests on the shared broker.
+    recorder.publish(f"{PREFIX}/state", b"", retain=True)
 
 
 @pytest.fixture
