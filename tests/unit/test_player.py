@@ -1,0 +1,138 @@
+"""The player's sequence with behavioural fakes: a recording sink, a scripted PCM source,
+gpiozero's MockFactory relays and a fake clock. Warm-up, gaps and hold are zero so nothing
+here waits on real time; a cut is synchronised with events, not sleeps."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from agent.player import FRAME_BYTES, Player, PlayItem, PlayRequest, PlayResult
+from hal.audio import SAMPLE_RATE, AudioError
+from hal.relays import GpioRelays
+from tests.harness.clock import FakeClock
+
+CHUNK = b"\x00\x40" * 2 * 4800  # 100 ms of a constant half-scale signal, stereo
+
+
+class RecordingSink:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.opened = self.closed = 0
+        self.first_write = threading.Event()
+
+    def open(self) -> None:
+        self.opened += 1
+
+    def write(self, pcm: bytes) -> None:
+        self.written.append(pcm)
+        self.first_write.set()
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+class ScriptedSource:
+    """Yields ``count`` chunks (forever when None), advancing the fake clock 100 ms each."""
+
+    def __init__(self, clock: FakeClock, count: int | None, fail: bool = False) -> None:
+        self.clock, self.count, self.fail = clock, count, fail
+        self.closed = False
+
+    def chunks(self) -> Iterator[bytes]:
+        sent = 0
+        while self.count is None or sent < self.count:
+            if self.fail and sent == 2:
+                raise AudioError("ffmpeg: Invalid data found when processing input")
+            yield CHUNK
+            self.clock.advance(0.1)
+            sent += 1
+
+    def close(self) -> None:
+        self.closed = True
+
+    def __enter__(self) -> ScriptedSource:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def make_player(
+    mock_pins: Any, clock: FakeClock, sink: RecordingSink, count: int | None, fail: bool = False
+) -> tuple[Player, queue.Queue[PlayResult], GpioRelays]:
+    relays = GpioRelays(17, {"north": 27, "south": 22})
+    done: queue.Queue[PlayResult] = queue.Queue()
+    player = Player(
+        relays,
+        lambda: sink,
+        lambda path, gain: ScriptedSource(clock, count, fail),
+        clock,
+        done.put,
+        warmup_s=0,
+        hold_s=0,
+    )
+    return player, done, relays
+
+
+def request(items: int = 1, deadline: float | None = None) -> PlayRequest:
+    media = tuple(PlayItem(f"m{i}", "ab" * 32, Path(f"/nowhere/{i}")) for i in range(items))
+    return PlayRequest("25@25/s/2026-11-22T10:00:00Z", media, ("north",), 0.8, 0, deadline)
+
+
+def test_complete_play_switches_relays_in_order(mock_pins: Any, fake_clock: FakeClock) -> None:
+    sink = RecordingSink()
+    player, done, relays = make_player(mock_pins, fake_clock, sink, count=5)
+    player.play(request(items=2))
+    result = done.get(timeout=10)
+    assert result.outcome == "complete" and result.reason is None
+    assert len(sink.written) == 10 and sink.opened == sink.closed == 1
+    assert abs(result.played_s - 10 * len(CHUNK) / FRAME_BYTES / SAMPLE_RATE) < 1e-9
+    assert result.relay_ok is True and result.amp_power_ok is True
+    assert result.output_level_db is not None and abs(result.output_level_db + 6.02) < 0.1
+    assert [s.state for s in mock_pins.pin(17).states] == [0, 1, 0]
+    assert [s.state for s in mock_pins.pin(27).states] == [0, 1, 0]
+    assert [s.state for s in mock_pins.pin(22).states] == [0]
+    relays.close()
+
+
+def test_slot_end_cuts_to_partial(mock_pins: Any, fake_clock: FakeClock) -> None:
+    sink = RecordingSink()
+    player, done, relays = make_player(mock_pins, fake_clock, sink, count=50)
+    player.play(request(deadline=fake_clock.monotonic() + 0.3))
+    result = done.get(timeout=10)
+    assert (result.outcome, result.reason) == ("partial", "slot end reached")
+    assert len(sink.written) == 3
+    assert relays.states() == {"amp": False, "north": False, "south": False}
+    relays.close()
+
+
+def test_decoder_failure_is_failed_and_relays_drop(mock_pins: Any, fake_clock: FakeClock) -> None:
+    sink = RecordingSink()
+    player, done, relays = make_player(mock_pins, fake_clock, sink, count=10, fail=True)
+    player.play(request())
+    result = done.get(timeout=10)
+    assert result.outcome == "failed" and "Invalid data" in (result.reason or "")
+    assert len(sink.written) == 2 and sink.closed == 1
+    assert relays.states() == {"amp": False, "north": False, "south": False}
+    relays.close()
+
+
+def test_cut_preempts_within_a_chunk(mock_pins: Any, fake_clock: FakeClock) -> None:
+    sink = RecordingSink()
+    player, done, relays = make_player(mock_pins, fake_clock, sink, count=None)
+    player.play(request())
+    assert sink.first_write.wait(10)
+    assert player.busy
+    player.cut("preempted", "preempted by emergency")
+    result = done.get(timeout=10)
+    assert (result.outcome, result.reason) == ("preempted", "preempted by emergency")
+    assert not player.busy
+    assert relays.states() == {"amp": False, "north": False, "south": False}
+    relays.close()
