@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,10 +16,15 @@ from agent import keyfiles
 from agent.core.models import Keyring
 from agent.core.timefmt import parse_rfc3339
 from hal.files import atomic_write
+from province.errors import ProvinceError
 from province.keyring_builder import KeySpec, build_body, sign_keyring
 from province.signing import BodyError, sign_body
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
+
+# Subcommand groups living in their own modules: each adds its parsers with
+# ``set_defaults(handler=...)``; a handler returns the exit code or raises ProvinceError.
+EXTENSIONS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = []
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,6 +62,11 @@ def _parser() -> argparse.ArgumentParser:
     sign.add_argument("body", type=Path)
     sign.add_argument("--key", action="append", required=True, type=Path, help="repeat")
     sign.add_argument("--out", type=Path, help="default: stdout")
+    keygen.set_defaults(handler=lambda a: cmd_keygen(a.name, a.dir))
+    keyring.set_defaults(handler=cmd_keyring)
+    sign.set_defaults(handler=lambda a: cmd_sign(a.body, a.key, a.out))
+    for register in EXTENSIONS:
+        register(sub)
     return parser
 
 
@@ -125,19 +135,13 @@ def cmd_sign(body_path: Path, key_paths: Sequence[Path], out: Path | None) -> in
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.command == "keygen":
-            return cmd_keygen(args.name, args.dir)
-        if args.command == "keyring":
-            return cmd_keyring(args)
-        if args.command == "sign":
-            return cmd_sign(args.body, args.key, args.out)
-    except (BodyError, keyfiles.KeyFileError, ValueError) as exc:
+        return int(args.handler(args))
+    except (BodyError, keyfiles.KeyFileError, ValueError, ProvinceError) as exc:
         print(f"loa-province: {exc}", file=sys.stderr)
         return EXIT_REFUSED
     except OSError as exc:
         print(f"loa-province: {exc.filename}: {exc.strerror}", file=sys.stderr)
         return EXIT_REFUSED
-    return EXIT_USAGE
 
 
 if __name__ == "__main__":
