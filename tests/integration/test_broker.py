@@ -14,17 +14,15 @@ from pathlib import Path
 import pytest
 
 from province import acl, pki
+from province.mosquitto import ENVELOPE_CAP, MAX_PACKET_SIZE, find_mosquitto
 from tests.harness.broker import (
     DEFAULT_OPERATORS,
     DEFAULT_STATIONS,
-    ENVELOPE_CAP,
-    MAX_PACKET_SIZE,
     MosquittoBroker,
     Recorder,
     attempt_connect,
     close_client,
     connect_client,
-    find_mosquitto,
 )
 
 pytestmark = pytest.mark.integration
