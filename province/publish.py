@@ -1,0 +1,170 @@
+"""Publishing signed envelopes to their topics (PROTOCOL.md section 2), as the province operator.
+
+The topic comes from the body, never from the person typing: a playlist goes to
+``loa/v1/{target}/playlist/{issuer}`` (retained: a station that connects later still gets the
+stream's current playlist), a keyring to ``loa/v1/{p}/keyring/{version}`` (retained, one topic
+per version so a station can walk the chain), a time beacon to ``loa/v1/{p}/time`` (retained)
+and a command to ``loa/v1/{target}/cmd`` with an MQTT Message Expiry equal to what is left of
+its validity, so a station that reconnects late never receives a stale command. Every playlist
+published is recorded in the registry: coverage counts what was expected from it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from agent.core import dsse
+from agent.core.codes import Rejected
+from agent.core.timefmt import parse_rfc3339
+from agent.core.verify import PAYLOAD_KINDS
+from agent.link import TlsFiles, parse_broker_url
+from province.errors import ProvinceError
+from province.registry import Registry
+from province.signing import BodyError, check_body
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    topic: str
+    kind: str
+    issuer: str
+    target: str
+    label: str
+    body: bytes
+    envelope: bytes
+    retain: bool
+    expiry_s: int | None
+
+
+def route(envelope: bytes, now: datetime) -> Outgoing:
+    """Where an envelope goes and how; ProvinceError if it is not one a station would take."""
+    try:
+        parsed = dsse.parse_envelope(envelope, 3 * 1024 * 1024)
+    except Rejected as exc:
+        raise ProvinceError(f"not a publishable envelope: {exc}") from exc
+    kind = PAYLOAD_KINDS.get(parsed.payload_type)
+    try:
+        body_kind = check_body(parsed.body)
+    except BodyError as exc:
+        raise ProvinceError(str(exc)) from exc
+    if kind != body_kind:
+        raise ProvinceError(f"payload type says {kind}, body says {body_kind}")
+    doc: dict[str, Any] = json.loads(parsed.body)
+    if kind == "playlist":
+        topic = f"loa/v1/{doc['target']}/playlist/{doc['issuer']}"
+        return Outgoing(topic, kind, doc["issuer"], doc["target"], f"v{doc['version']}",
+                        parsed.body, envelope, True, None)  # fmt: skip
+    if kind == "keyring":
+        p = doc["province"]
+        return Outgoing(f"loa/v1/{p}/keyring/{doc['version']}", kind, p, p, f"v{doc['version']}",
+                        parsed.body, envelope, True, None)  # fmt: skip
+    if kind == "time":
+        p = doc["province"]
+        return Outgoing(
+            f"loa/v1/{p}/time", kind, p, p, doc["ts"], parsed.body, envelope, True, None
+        )
+    left = int((parse_rfc3339(doc["expires"]) - now).total_seconds())
+    if left <= 0:
+        raise ProvinceError(f"command {doc['id']} has already expired")
+    return Outgoing(f"loa/v1/{doc['target']}/cmd", kind, doc["issuer"], doc["target"], doc["id"],
+                    parsed.body, envelope, False, left)  # fmt: skip
+
+
+class Publisher:
+    """A short-lived operator connection: connect, publish QoS 1 and wait for PUBACKs, close."""
+
+    def __init__(self, broker_url: str, tls: TlsFiles, client_id: str, timeout_s: float = 15.0):
+        self._host, self._port = parse_broker_url(broker_url)
+        self._timeout = timeout_s
+        self._connected = threading.Event()
+        self._refused: str | None = None
+        client = Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=MQTTProtocolVersion.MQTTv5,
+        )
+        client.tls_set(ca_certs=str(tls.ca), certfile=str(tls.cert), keyfile=str(tls.key))
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        self._client = client
+
+    def __enter__(self) -> Publisher:
+        try:
+            self._client.connect(self._host, self._port, keepalive=30)
+        except OSError as exc:
+            raise ProvinceError(
+                f"cannot reach the broker {self._host}:{self._port}: {exc}"
+            ) from exc
+        self._client.loop_start()
+        if not self._connected.wait(self._timeout) or self._refused:
+            self.__exit__()
+            raise ProvinceError(f"the broker refused the operator: {self._refused or 'timeout'}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def send(self, outgoing: Outgoing) -> None:
+        props = None
+        if outgoing.expiry_s is not None:
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.MessageExpiryInterval = outgoing.expiry_s
+        info = self._client.publish(
+            outgoing.topic, outgoing.envelope, qos=1, retain=outgoing.retain, properties=props
+        )
+        info.wait_for_publish(self._timeout)
+        if not info.is_published():
+            raise ProvinceError(f"the broker did not acknowledge {outgoing.topic}")
+
+    def _on_connect(
+        self, client: Client, userdata: Any, flags: ConnectFlags, reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:  # fmt: skip
+        if reason.is_failure:
+            self._refused = str(reason)
+        self._connected.set()
+
+    def _on_disconnect(
+        self, client: Client, userdata: Any, flags: DisconnectFlags, reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:  # fmt: skip
+        if not self._connected.is_set():
+            self._refused = str(reason)
+            self._connected.set()
+
+
+def operator_tls(home: Path) -> TlsFiles:
+    return TlsFiles(home / "ca" / "ca.crt", home / "operator" / "operator.crt",
+                    home / "operator" / "operator.key")  # fmt: skip
+
+
+def publish(
+    registry: Registry, home: Path, broker_url: str, envelopes: Sequence[bytes], now: datetime
+) -> list[Outgoing]:
+    """Route every envelope first (nothing is sent if one is bad), then send and record them."""
+    routed = [route(e, now) for e in envelopes]
+    province = registry.meta("province") or ""
+    for outgoing in routed:
+        if outgoing.topic.split("/")[2] != province:
+            raise ProvinceError(f"{outgoing.topic} is not in province {province}")
+    with Publisher(broker_url, operator_tls(home), f"province-{province}-publish") as publisher:
+        for outgoing in routed:
+            publisher.send(outgoing)
+            registry.record_published(
+                outgoing.topic, outgoing.kind, outgoing.issuer, outgoing.target, outgoing.label,
+                outgoing.body, outgoing.envelope,
+            )  # fmt: skip
+    return routed
