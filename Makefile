@@ -47,8 +47,7 @@ $(VENV)/.installed: pyproject.toml .sysdeps.stamp
 	@touch $@
 
 demo: venv
-	@echo "make demo arrives with issue 4 (the province loop and the demo); nothing to run yet."
-	@exit 1
+	$(BIN)/loa-province demo --out demo-out
 
 clean:
 	rm -rf $(VENV) .sysdeps.stamp .mypy_cache .pytest_cache .ruff_cache
