@@ -2,7 +2,8 @@
 
 It owns what the province knows and has said: its stations (id, TLS certificate, report-signing
 key), what it published (so coverage knows what was expected), and what stations reported
-(deduplicated on station, kind and seq, with the receipt watermark per station and kind).
+(deduplicated on station, kind and seq, with the receipt watermark per station and kind), what
+it refused, and each station's last birth or Will.
 Files of the province home:
 
     HOME/registry.db            this database
@@ -13,7 +14,7 @@ Files of the province home:
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,7 +41,20 @@ CREATE TABLE IF NOT EXISTS watermark (
 CREATE TABLE IF NOT EXISTS refused (
     id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, reason TEXT NOT NULL,
     payload BLOB NOT NULL, received_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS station_state (
+    station TEXT PRIMARY KEY, online INTEGER NOT NULL, body BLOB NOT NULL,
+    received_at TEXT NOT NULL);
 """
+
+# A refused payload is kept for diagnosis, not as evidence: capped so a misbehaving station
+# cannot fill the province's disk through the refusal log.
+REFUSED_PAYLOAD_CAP = 64 * 1024
+
+
+def received_at_text(moment: datetime) -> str:
+    """How ``received_at`` is stored: UTC, milliseconds, one fixed form, so that text order is
+    time order and SQL can compare it."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds")
 
 
 class RegistryError(RuntimeError):
@@ -65,6 +79,47 @@ class Published:
     label: str
     body: bytes
     published_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredReport:
+    """A report as stored: for an as-run, ``body`` is the verified payload, not the envelope."""
+
+    station: str
+    kind: str
+    seq: int
+    session: int | None
+    body: bytes
+    received_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoreResult:
+    stored: bool  # False: (station, kind, seq) was already stored (a resend)
+    conflict: bool  # a resend whose bytes differ from what is stored (the first one stays)
+    watermark: int | None  # highest contiguous seq of (station, kind) from 0; None: seq 0 missing
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    topic: str
+    reason: str  # "code: detail"
+    payload: bytes
+    received_at: str
+
+    @property
+    def code(self) -> str:
+        return self.reason.partition(":")[0]
+
+
+@dataclass(frozen=True, slots=True)
+class StationState:
+    """The last birth or Will a station's ``state`` topic carried."""
+
+    station: str
+    online: bool
+    body: bytes
+    received_at: str
 
 
 class Registry:
@@ -112,6 +167,17 @@ class Registry:
         except sqlite3.IntegrityError as exc:
             raise RegistryError(f"{station.path} is already enrolled") from exc
 
+    def replace_station(self, station: StationId, cert_pem: bytes, signing_public: str) -> None:
+        """Re-enrollment after a repair: new certificate and key, reports and watermarks kept
+        (they are keyed by the station id), any revocation cleared."""
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        with self.db:
+            self.db.execute(
+                "UPDATE station SET cert_pem = ?, signing_public = ?, enrolled_at = ?, "
+                "revoked_at = NULL WHERE id = ?",
+                (cert_pem, signing_public, now, station.path),
+            )
+
     def stations(self, *, include_revoked: bool = False) -> list[StationRecord]:
         rows = self.db.execute(
             "SELECT id, cert_pem, signing_public, enrolled_at, revoked_at FROM station ORDER BY id"
@@ -148,3 +214,135 @@ class Registry:
         )
         for topic, k, issuer, target, label, body, at in rows:
             yield Published(topic, k, issuer, target, label, bytes(body), at)
+
+    # reports, watermarks, refusals, station state (the collector's) -------------------------
+
+    def lookup_station(self, station_id: str) -> StationRecord | None:
+        """One station by id, revoked ones included (the collector tells unknown from revoked)."""
+        row = self.db.execute(
+            "SELECT id, cert_pem, signing_public, enrolled_at, revoked_at FROM station "
+            "WHERE id = ?",
+            (station_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        i, c, s, e, r = row
+        return StationRecord(StationId.parse(i), bytes(c), s, e, r)
+
+    def store_report(
+        self, station: str, kind: str, seq: int, session: int | None, body: bytes,
+        envelope: bytes | None, received_at: str,
+    ) -> StoreResult:  # fmt: skip
+        """Store a report once per (station, kind, seq) and advance that kind's watermark.
+
+        One transaction, so the watermark never names a report that is not stored: the station
+        deletes its copy on the strength of it.
+        """
+        db = self.db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO report VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (station, kind, seq, session, body, envelope, received_at),
+            )
+            stored = cursor.rowcount == 1
+            conflict = False
+            if stored:
+                upto = self._advance_watermark(station, kind, seq)
+            else:
+                row = db.execute(
+                    "SELECT body FROM report WHERE station = ? AND kind = ? AND seq = ?",
+                    (station, kind, seq),
+                ).fetchone()
+                conflict = bytes(row[0]) != body
+                upto = self._watermark(station, kind)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return StoreResult(stored, conflict, upto)
+
+    def _watermark(self, station: str, kind: str) -> int | None:
+        row = self.db.execute(
+            "SELECT upto FROM watermark WHERE station = ? AND kind = ?", (station, kind)
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def _advance_watermark(self, station: str, kind: str, seq: int) -> int | None:
+        current = self._watermark(station, kind)
+        upto = -1 if current is None else current
+        if seq != upto + 1:
+            return current  # a gap stays open until its report arrives
+        # The new report may close a gap: walk on through the reports already stored above it.
+        rows = self.db.execute(
+            "SELECT seq FROM report WHERE station = ? AND kind = ? AND seq > ? ORDER BY seq",
+            (station, kind, upto),
+        )
+        for (stored_seq,) in rows:
+            if stored_seq != upto + 1:
+                break
+            upto = stored_seq
+        self.db.execute(
+            "INSERT INTO watermark VALUES (?, ?, ?) "
+            "ON CONFLICT(station, kind) DO UPDATE SET upto = excluded.upto",
+            (station, kind, upto),
+        )
+        return upto
+
+    def watermarks(self, station: str) -> dict[str, int]:
+        """Highest contiguous seq stored per kind; kinds without seq 0 yet are absent."""
+        rows = self.db.execute(
+            "SELECT kind, upto FROM watermark WHERE station = ? ORDER BY kind", (station,)
+        )
+        return {kind: int(upto) for kind, upto in rows}
+
+    def reports(
+        self, kind: str, stations: Iterable[str] | None = None,
+        received_since: datetime | None = None,
+    ) -> list[StoredReport]:  # fmt: skip
+        """Stored reports of ``kind`` (of ``stations`` only, and received at or after
+        ``received_since`` only, if given), by station then seq."""
+        since = "" if received_since is None else received_at_text(received_since)
+        rows = self.db.execute(
+            "SELECT station, kind, seq, session, body, received_at FROM report "
+            "WHERE kind = ? AND received_at >= ? ORDER BY station, seq",
+            (kind, since),
+        ).fetchall()
+        wanted = None if stations is None else set(stations)
+        return [
+            StoredReport(st, k, seq, session, bytes(body), at)
+            for st, k, seq, session, body, at in rows
+            if wanted is None or st in wanted
+        ]
+
+    def refuse(self, topic: str, reason: str, payload: bytes, received_at: str) -> None:
+        with self.db:
+            self.db.execute(
+                "INSERT INTO refused (topic, reason, payload, received_at) VALUES (?, ?, ?, ?)",
+                (topic, reason, payload[:REFUSED_PAYLOAD_CAP], received_at),
+            )
+
+    def refusals(self) -> list[Refusal]:
+        rows = self.db.execute(
+            "SELECT topic, reason, payload, received_at FROM refused ORDER BY id"
+        )
+        return [Refusal(t, r, bytes(p), at) for t, r, p, at in rows]
+
+    def set_station_state(self, station: str, online: bool, body: bytes, received_at: str) -> None:
+        with self.db:
+            self.db.execute(
+                "INSERT INTO station_state VALUES (?, ?, ?, ?) ON CONFLICT(station) DO UPDATE "
+                "SET online = excluded.online, body = excluded.body, "
+                "received_at = excluded.received_at",
+                (station, int(online), body, received_at),
+            )
+
+    def station_state(self, station: str) -> StationState | None:
+        row = self.db.execute(
+            "SELECT station, online, body, received_at FROM station_state WHERE station = ?",
+            (station,),
+        ).fetchone()
+        if row is None:
+            return None
+        return StationState(row[0], bool(row[1]), bytes(row[2]), row[3])
