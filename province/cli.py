@@ -16,7 +16,7 @@ from agent import keyfiles
 from agent.core.models import Keyring
 from agent.core.timefmt import parse_rfc3339
 from hal.files import atomic_write
-from province import cli_publish
+from province import cli_collect, cli_demo, cli_enroll, cli_publish
 from province.errors import ProvinceError
 from province.keyring_builder import KeySpec, build_body, sign_keyring
 from province.signing import BodyError, sign_body
@@ -27,6 +27,9 @@ EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
 # ``set_defaults(handler=...)``; a handler returns the exit code or raises ProvinceError.
 EXTENSIONS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     cli_publish.register,
+    cli_collect.register,
+    cli_demo.register,
+    cli_enroll.register,
 ]
 
 

@@ -1,0 +1,157 @@
+"""``loa-province collect`` and ``loa-province coverage``: receive station reports, and prove
+(or disprove) that every commune heard what was scheduled.
+
+This module owns the two subcommands' arguments, the province home's file layout as they read
+it, signal handling for the long-running collector, and what they print. The work is
+``province.collector``'s and ``province.coverage``'s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import FrameType
+
+from agent.core.timefmt import format_rfc3339, parse_rfc3339
+from agent.link import LinkError, TlsFiles, parse_broker_url
+from province.collector import Collector
+from province.coverage import coverage, render_csv, render_summary, render_table, summarize
+from province.errors import ProvinceError
+from province.registry import Registry
+
+HOME_ENV = "LOA_PROVINCE_HOME"
+DEFAULT_WINDOW = timedelta(hours=24)
+READY_TIMEOUT_S = 30.0
+HOME_HELP = f"province home (default: ${HOME_ENV}, else ./province-home)"
+
+
+def default_home() -> Path:
+    return Path(os.environ.get(HOME_ENV) or "province-home")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    collect = sub.add_parser(
+        "collect", help="receive station reports, store them, send receipts (until stopped)"
+    )
+    collect.add_argument("--home", type=Path, help=HOME_HELP)
+    collect.add_argument("--broker", required=True, help="mqtts://host:port")
+    collect.add_argument(
+        "--duration", type=float, metavar="S", help="stop after S seconds (default: SIGINT/TERM)"
+    )
+    collect.set_defaults(handler=cmd_collect)
+
+    cover = sub.add_parser("coverage", help="expected occurrences against as-run reports")
+    cover.add_argument("--home", type=Path, help=HOME_HELP)
+    cover.add_argument(
+        "--from", dest="start", metavar="TIME", help="RFC 3339 with offset (default: --to - 24 h)"
+    )
+    cover.add_argument(
+        "--to", dest="end", metavar="TIME", help="RFC 3339 with offset (default: now)"
+    )
+    cover.add_argument("--csv", action="store_true", help="CSV rows instead of the tables")
+    cover.set_defaults(handler=cmd_coverage)
+
+
+def _home(args: argparse.Namespace) -> Path:
+    home: Path = args.home or default_home()
+    return home
+
+
+def _open_registry(home: Path) -> Registry:
+    path = home / "registry.db"
+    if not path.exists():
+        # Opening would create an empty registry and report nothing, which looks like success.
+        raise ProvinceError(f"no registry at {path}: is --home (or ${HOME_ENV}) right?")
+    return Registry(path)
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    home = _home(args)
+    try:
+        host, port = parse_broker_url(args.broker)
+    except LinkError as exc:
+        raise ProvinceError(str(exc)) from exc
+    if args.duration is not None and args.duration <= 0:
+        raise ProvinceError(f"--duration must be positive, got {args.duration}")
+    tls = TlsFiles(
+        ca=home / "ca" / "ca.crt",
+        cert=home / "operator" / "operator.crt",
+        key=home / "operator" / "operator.key",
+    )
+    for path in (tls.ca, tls.cert, tls.key):
+        if not path.is_file():
+            raise ProvinceError(f"{path} is missing: the collector connects as the operator")
+    with _open_registry(home) as registry:
+        province = registry.meta("province")
+        if province is None:
+            raise ProvinceError(f"{home / 'registry.db'} names no province (run `ca init`)")
+        collector = Collector(registry, host, port, tls, province)
+        with _stop_on_signals() as stop:
+            collector.start()
+            try:
+                if not collector.wait_ready(READY_TIMEOUT_S):
+                    print(
+                        f"loa-province: not subscribed to {args.broker} after "
+                        f"{READY_TIMEOUT_S:.0f} s; still trying",
+                        file=sys.stderr,
+                    )
+                else:
+                    print(f"collecting province {province} reports from {args.broker}")
+                stop.wait(args.duration)
+            finally:
+                collector.stop()
+        stats = collector.stats()
+    print(
+        f"stopped: {stats.received} messages, {stats.stored} reports stored, "
+        f"{stats.duplicates} duplicates, {stats.refused} refused, {stats.receipts} receipts sent, "
+        f"{stats.errors} errors"
+    )
+    return 0
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """An event set by SIGINT or SIGTERM while the block runs; the old handlers come back after."""
+    stop = threading.Event()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _time(text: str, option: str) -> datetime:
+    try:
+        return parse_rfc3339(text)
+    except ValueError as exc:
+        raise ProvinceError(f"{option}: {exc} (e.g. 2026-11-23T00:00:00+07:00)") from exc
+
+
+def cmd_coverage(args: argparse.Namespace) -> int:
+    now = datetime.now(UTC)
+    end = _time(args.end, "--to") if args.end else now
+    start = _time(args.start, "--from") if args.start else end - DEFAULT_WINDOW
+    if start >= end:
+        raise ProvinceError("--from must be before --to")
+    with _open_registry(_home(args)) as registry:
+        rows = coverage(registry, start, end, now)
+    if args.csv:
+        sys.stdout.write(render_csv(rows))
+        return 0
+    print(f"coverage of occurrences from {format_rfc3339(start)} to {format_rfc3339(end)}")
+    sys.stdout.write(render_table(rows))
+    print()
+    sys.stdout.write(render_summary(summarize(rows)))
+    return 0
