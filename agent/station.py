@@ -89,7 +89,8 @@ class Station:
     playlists: dict[tuple[str, str], Playlist] = field(default_factory=dict)
     plan: dict[str, Occurrence] = field(default_factory=dict)
     session: int = 0
-    _published: set[int] = field(default_factory=set)
+    # Report id -> monotonic time it was last sent; unacknowledged ones are sent again later.
+    _published: dict[int, float] = field(default_factory=dict)
     _fetching: set[str] = field(default_factory=set)
     _data_version: int = -1
     _started_mono: float = 0.0
@@ -163,6 +164,7 @@ class Station:
                 self._on_media_done(message)
             case Tick(what="heartbeat"):
                 self._heartbeat()
+                self._flush()
                 self._fetch_missing()
             case Tick(what="replan"):
                 self._replan()
@@ -208,7 +210,8 @@ class Station:
             return
         if isinstance(marks, dict):
             self.outbox.acknowledge({k: v for k, v in marks.items() if isinstance(v, int)})
-            self._published &= self._pending_ids()
+            pending = self._pending_ids()
+            self._published = {i: t for i, t in self._published.items() if i in pending}
 
     def _on_connected(self, resync: bool = False) -> None:
         if not resync:
@@ -378,14 +381,20 @@ class Station:
             log.error("report lost to a failing outbox: %s", exc)
             return
         if self.link is not None and self.link.publish(report.topic, report.payload):
-            self._published.add(report.id)
+            self._published[report.id] = self.clock.monotonic()
 
     def _flush(self) -> None:
+        """Send what was never sent in this session, and again what stayed unacknowledged too
+        long: a broker that took a report no collector was subscribed for dropped it."""
         if self.link is None:
             return
+        resend_before = self.clock.monotonic() - max(10.0, 3 * self.config.reports.heartbeat_s)
         for report in self.outbox.pending():
-            if report.id not in self._published and self.link.publish(report.topic, report.payload):
-                self._published.add(report.id)
+            sent = self._published.get(report.id)
+            if sent is not None and sent > resend_before:
+                continue
+            if self.link.publish(report.topic, report.payload):
+                self._published[report.id] = self.clock.monotonic()
 
     def _pending_ids(self) -> set[int]:
         return {r.id for r in self.outbox.pending(limit=100_000)}

@@ -83,6 +83,9 @@ class Demo:
             self.step("4/7", "collector and stations (LOA_HAL=sim: MockFactory relays, WAV out)")
             collect = ("loa-province", "collect", "--home", self.home, "--broker", broker.url)
             stack.enter_context(self.process("collector", *collect))
+            # Stations start only once the collector is subscribed: nothing to resend later.
+            ready = "collecting province"
+            self.wait_for(lambda: ready in self.log_text("collector"), "the collector", 20)
             for station in self.stations:
                 stack.enter_context(self.station_process(station))
             hello = "SELECT COUNT(DISTINCT station) FROM report WHERE kind = 'heartbeat'"
@@ -143,17 +146,17 @@ class Demo:
         directory = self.station_dir(station)
         self.cli("loa-provision", "init", "--province", province, "--commune", commune,
                  "--station", name, "--keyring", self.out / "keyring-v1.json", "--dir", directory,
-                 "--clock", "system", quiet=True)  # fmt: skip
+                 "--clock", "system")  # fmt: skip
         tune_for_demo(directory / "station.toml")
         self.cli("loa-province", "enroll", directory / "keys" / "station.csr",
                  "--signing-key", directory / "keys" / "station.pub", "--home", self.home,
-                 "--out", directory / "enrolled.crt", quiet=True)  # fmt: skip
+                 "--out", directory / "enrolled.crt")  # fmt: skip
 
     def install_certificate(self, station: str, broker_url: str) -> None:
         directory = self.station_dir(station)
         self.cli("loa-provision", "enroll", directory / "enrolled.crt",
                  "--ca", self.home / "ca" / "ca.crt", "--config", directory / "station.toml",
-                 "--broker", broker_url, quiet=True)  # fmt: skip
+                 "--broker", broker_url)  # fmt: skip
 
     @contextmanager
     def broker(self) -> Iterator[Mosquitto]:
@@ -205,6 +208,7 @@ class Demo:
         self.logs.mkdir(parents=True, exist_ok=True)
         log_path = self.logs / f"{name}.log"
         argv = [str(BIN / str(command[0])), *map(str, command[1:])]
+        env = env or dict(os.environ, PYTHONUNBUFFERED="1")
         with log_path.open("ab") as log:
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
                                     start_new_session=True)  # fmt: skip
@@ -268,7 +272,11 @@ class Demo:
         return done.stdout
 
     def _short(self, arg: str) -> str:
-        return arg.replace(str(self.out) + "/", "") if arg.startswith(str(self.out)) else arg
+        return arg.replace(str(self.out) + "/", "")
+
+    def log_text(self, name: str) -> str:
+        path = self.logs / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
 
     def count(self, sql: str) -> int:
         path = self.home / "registry.db"

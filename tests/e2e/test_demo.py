@@ -1,0 +1,51 @@
+"""The demo's scenario, smaller, as a test: two stations in two communes, a province bulletin
+and a commune announcement. It asserts on the coverage the province computes and on the audio
+each simulated loudspeaker produced."""
+
+from __future__ import annotations
+
+import wave
+from pathlib import Path
+
+import pytest
+
+from province.demo import run_demo
+from tests.harness.audio import analyse_pcm
+
+pytestmark = pytest.mark.integration
+
+
+def wav_pcm(path: Path) -> bytes:
+    with wave.open(str(path), "rb") as wav:
+        assert (wav.getframerate(), wav.getnchannels(), wav.getsampwidth()) == (48000, 2, 2)
+        return wav.readframes(wav.getnframes())
+
+
+def test_demo_scenario(tmp_path: Path) -> None:
+    lines: list[str] = []
+    stations = ("25/08230/08230-01", "25/08231/08231-01")
+    result = run_demo(tmp_path / "demo", stations, say=lines.append, first_slot_in_s=8)
+
+    outcomes = sorted((a["station"], a["slot"], a["outcome"]) for a in result.asruns)
+    assert outcomes == [
+        ("25/08230/08230-01", "ban-tin-sang", "complete"),
+        ("25/08231/08231-01", "ban-tin-sang", "complete"),
+        ("25/08231/08231-01", "thong-bao", "complete"),
+    ]
+    total = next(ln for ln in result.coverage_table.splitlines() if ln.startswith("TOTAL"))
+    assert total.split()[-8:] == ["3", "3", "0", "0", "0", "0", "0", "100.0%"]
+
+    # 08230-01 played the bulletin only: 2 s of 440 Hz.
+    bulletin = analyse_pcm(wav_pcm(result.wavs["25/08230/08230-01"]))
+    assert abs(bulletin.seconds - 2.0) < 0.1
+    assert bulletin.freq_hz is not None and abs(bulletin.freq_hz - 440) < 5
+    # 08231-01 played the bulletin, then its commune's announcement: 1.5 s of 880 Hz.
+    both = wav_pcm(result.wavs["25/08231/08231-01"])
+    first = analyse_pcm(both[: 2 * 48000 * 4])
+    second = analyse_pcm(both[2 * 48000 * 4 :])
+    assert abs(first.seconds - 2.0) < 0.1 and first.freq_hz and abs(first.freq_hz - 440) < 5
+    assert abs(second.seconds - 1.5) < 0.1 and second.freq_hz and abs(second.freq_hz - 880) < 9
+    assert second.dbfs is not None and second.dbfs > -20  # audible, not silence
+
+    assert any("Done in" in ln for ln in lines)
+    assert (result.logs / "collector.log").exists()
