@@ -80,6 +80,27 @@ def parse_broker_url(url: str) -> tuple[str, int]:
     return parts.hostname, parts.port or 8883
 
 
+def tls_client(client_id: str, tls: TlsFiles) -> Client:
+    """A paho client as every Loa party uses it: MQTT 5, callback API 2, mutual TLS.
+
+    Raises LinkError when the TLS files cannot be loaded (missing, unreadable, not matching)."""
+    client = Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=client_id,  # the broker takes it from the certificate anyway
+        protocol=MQTTProtocolVersion.MQTTv5,
+    )
+    try:
+        client.tls_set(
+            ca_certs=str(tls.ca),
+            certfile=str(tls.cert),
+            keyfile=str(tls.key),
+            tls_version=ssl.PROTOCOL_TLS_CLIENT,
+        )
+    except (OSError, ssl.SSLError) as exc:
+        raise LinkError(f"cannot load TLS files: {exc}") from exc
+    return client
+
+
 class Link:
     def __init__(
         self,
@@ -99,20 +120,7 @@ class Link:
         self._keepalive = keepalive_s
         self._session_expiry = session_expiry_s
         self.connected = False
-        client = Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=station.path,  # the broker takes it from the certificate anyway
-            protocol=MQTTProtocolVersion.MQTTv5,
-        )
-        try:
-            client.tls_set(
-                ca_certs=str(tls.ca),
-                certfile=str(tls.cert),
-                keyfile=str(tls.key),
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
-        except (OSError, ssl.SSLError) as exc:
-            raise LinkError(f"cannot load TLS files: {exc}") from exc
+        client = tls_client(station.path, tls)
         will_props = Properties(PacketTypes.WILLMESSAGE)  # type: ignore[no-untyped-call]
         will_props.WillDelayInterval = will_delay_s
         client.will_set(self.state_topic, will_payload, qos=1, retain=True, properties=will_props)

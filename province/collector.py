@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeGuard
 
 from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -34,7 +33,7 @@ from agent.core.codes import Rejected
 from agent.core.dsse import parse_envelope
 from agent.core.reports import ASRUN_TYPE, to_bytes
 from agent.core.targets import StationId
-from agent.link import TlsFiles
+from agent.link import LinkError, TlsFiles, tls_client
 from agent.outbox import KINDS
 from province.errors import ProvinceError
 from province.registry import Registry, StationRecord, received_at_text
@@ -284,20 +283,10 @@ class Collector:
         self._dirty: set[str] = set()  # stations owed a receipt
         self._last_receipt: dict[str, float] = {}  # station -> monotonic time of the last one
         self._worker: threading.Thread | None = None
-        client = Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=f"province-{province}",  # the broker takes it from the certificate anyway
-            protocol=MQTTProtocolVersion.MQTTv5,
-        )
         try:
-            client.tls_set(
-                ca_certs=str(tls.ca),
-                certfile=str(tls.cert),
-                keyfile=str(tls.key),
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
-        except (OSError, ssl.SSLError) as exc:
-            raise CollectorError(f"cannot load the operator's TLS files: {exc}") from exc
+            client = tls_client(f"province-{province}", tls)
+        except LinkError as exc:
+            raise CollectorError(f"the operator's identity: {exc}") from exc
         client.reconnect_delay_set(min_delay=1, max_delay=60)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect

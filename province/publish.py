@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -29,7 +28,7 @@ from agent.core import dsse
 from agent.core.codes import Rejected
 from agent.core.timefmt import parse_rfc3339
 from agent.core.verify import PAYLOAD_KINDS
-from agent.link import TlsFiles, parse_broker_url
+from agent.link import LinkError, TlsFiles, parse_broker_url, tls_client
 from province.errors import ProvinceError
 from province.registry import Registry
 from province.signing import BodyError, check_body
@@ -90,12 +89,10 @@ class Publisher:
         self._timeout = timeout_s
         self._connected = threading.Event()
         self._refused: str | None = None
-        client = Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=MQTTProtocolVersion.MQTTv5,
-        )
-        client.tls_set(ca_certs=str(tls.ca), certfile=str(tls.cert), keyfile=str(tls.key))
+        try:
+            client = tls_client(client_id, tls)
+        except LinkError as exc:
+            raise ProvinceError(f"the operator's identity: {exc}") from exc
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         self._client = client
