@@ -12,7 +12,15 @@ from dataclasses import dataclass, field
 
 from agent.config import Config
 from agent.core.clock import Clock
-from agent.core.verify import Accepted, ClockView, Context, Verdict, verify
+from agent.core.verify import (
+    Accepted,
+    ClockView,
+    Context,
+    Verdict,
+    clock_trusted,
+    trust_alerts,
+    verify,
+)
 from agent.schemas import load_schema_set
 from agent.trust_store import TrustStore
 from hal.clock import kernel_clock_synchronised
@@ -29,6 +37,11 @@ class Ingestor:
     def clock_view(self) -> ClockView:
         synchronised = self.config.clock_trust == "system" or self.kernel_synchronised()
         return ClockView(self.clock.now(), synchronised)
+
+    def trust(self) -> tuple[bool, tuple[str, ...]]:
+        """Whether the clock is trusted now, and the trust alerts to report."""
+        state, view = self.store.snapshot(), self.clock_view()
+        return clock_trusted(state, view), trust_alerts(state, view, self.config.limits)
 
     def ingest(self, data: bytes, topic: str | None = None) -> Verdict:
         ctx = Context(

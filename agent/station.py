@@ -42,6 +42,7 @@ from agent.scheduler import MISFIRE_GRACE_S, Timers
 log = logging.getLogger("loa.station")
 AGENT_VERSION = "0.1.0"
 HORIZON = timedelta(days=2)
+CLOCK_JUMP_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +96,7 @@ class Station:
     _data_version: int = -1
     _started_mono: float = 0.0
     _playing: Occurrence | None = None
+    _clock_offset: float | None = None
 
     def __post_init__(self) -> None:
         self.timers = Timers(lambda key: self.inbox.put(Fire(key)))
@@ -170,7 +172,8 @@ class Station:
                 self._replan()
             case Tick(what="watch"):
                 if self.ingestor.store.data_version() != self._data_version:
-                    self._reload_playlists()
+                    self._reload_playlists()  # `loa-agent ingest` changed the state
+                self._check_clock_jump()
 
     def _on_received(self, message: Received) -> None:
         station = self.config.station
@@ -246,6 +249,16 @@ class Station:
         if self._playing is not None:
             self.plan.setdefault(self._playing.key, self._playing)
         self.timers.replace_plan(upcoming, now)
+
+    def _check_clock_jump(self) -> None:
+        """A wall clock that moved against the monotonic one (NTP step, a wrong RTC set right)
+        makes every timer wrong: rebuild them from the playlists."""
+        offset = self.clock.now().timestamp() - self.clock.monotonic()
+        if self._clock_offset is not None and abs(offset - self._clock_offset) > CLOCK_JUMP_S:
+            jump = offset - self._clock_offset
+            self._event("clock", "clock-jump", f"wall clock moved {jump:+.1f} s", {"jump_s": jump})
+            self._replan()
+        self._clock_offset = offset
 
     def _on_fire(self, key: str) -> None:
         occurrence = self.plan.get(key)
@@ -346,7 +359,7 @@ class Station:
             relay_ok=result.relay_ok if result else None,
             amp_power_ok=result.amp_power_ok if result else None,
             output_level_db=result.output_level_db if result else None,
-            clock_trusted=self.ingestor.clock_view().synchronised,
+            clock_trusted=self.ingestor.trust()[0],
         )
         station, session, key = self.config.station, self.session, self.signing_key
         self._report("asrun", lambda seq: signed_asrun(station, seq, session, record, key))
@@ -355,14 +368,18 @@ class Station:
         self, event: str, code: str | None, detail: str, fields: dict[str, Any] | None = None
     ) -> None:
         station, session, now = self.config.station, self.session, self.clock.now()
+        # Every event carries the trust alerts (keyring expired, clock untrusted) while they last.
+        framed = {**(fields or {}), "alerts": list(self.ingestor.trust()[1])}
         self._report(
             "event",
             lambda seq: to_bytes(
-                event_body(station, seq, session, now, event, code, detail, fields)
+                event_body(station, seq, session, now, event, code, detail, framed)
             ),
         )
 
     def _heartbeat(self) -> None:
+        if self.ingestor.trust()[0]:
+            self.ingestor.store.raise_floor(self.clock.now())
         station, session, now, health = (
             self.config.station,
             self.session,
@@ -402,6 +419,7 @@ class Station:
     def _health(self) -> Health:
         state = self.ingestor.store.snapshot()
         view = self.ingestor.clock_view()
+        trusted, alerts = self.ingestor.trust()
         return Health(
             uptime_s=self.clock.monotonic() - self._started_mono,
             state="scheduled" if self.player.busy else "idle",
@@ -410,8 +428,13 @@ class Station:
             volume=self.config.audio.default_volume,
             agent_version=AGENT_VERSION,
             cache={"missing": len(self._fetching)},
-            clock={"synchronised": view.synchronised, "floor": str(state.time_floor)},
+            clock={
+                "synchronised": view.synchronised,
+                "trusted": trusted,
+                "floor": str(state.time_floor),
+            },
             link={"session": self.session, "connected": bool(self.link and self.link.connected)},
             outbox=self.outbox.backlog(),
             hw={},
+            alerts=alerts,
         )

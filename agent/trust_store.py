@@ -170,6 +170,12 @@ class TrustStore:
             time_floor=datetime.fromisoformat(floor_row[0]) if floor_row else None,
         )
 
+    def raise_floor(self, now: datetime) -> None:
+        """Persist ``now`` as the time floor (only ever raised): called while the clock is
+        trusted, so that after a power cut the station knows time cannot be earlier."""
+        with self.transaction():
+            self.persist((RaiseTimeFloor(now),), now)
+
     def data_version(self) -> int:
         """Changes when *another* connection (``loa-agent ingest``) committed to the database."""
         return _data_version(self._db)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 STA_UNSYNC = 0x0040
@@ -43,14 +44,26 @@ class _Timex(ctypes.Structure):
     )
 
 
-def kernel_clock_synchronised() -> bool:
-    """True when adjtimex says the clock is synchronised; False if it cannot tell."""
+def read_adjtimex() -> tuple[int, int] | None:
+    """(clock state, status bits) from adjtimex(2) in read-only mode; None if unavailable."""
     libc_name = ctypes.util.find_library("c")
     if libc_name is None:
-        return False
+        return None
     libc = ctypes.CDLL(libc_name, use_errno=True)
     timex = _Timex()  # modes = 0: read only
-    state = libc.adjtimex(ctypes.byref(timex))
+    state = int(libc.adjtimex(ctypes.byref(timex)))
     if state < 0:
+        return None
+    return state, int(timex.status)
+
+
+def kernel_clock_synchronised(read: Callable[[], tuple[int, int] | None] = read_adjtimex) -> bool:
+    """True when the kernel says the clock is synchronised; False when it cannot tell.
+
+    Both signs are required: the state must not be TIME_ERROR and STA_UNSYNC must be clear
+    (timesyncd, chrony and ntpd all clear it once they discipline the clock)."""
+    reading = read()
+    if reading is None:
         return False
-    return state != TIME_ERROR and not timex.status & STA_UNSYNC
+    state, status = reading
+    return state != TIME_ERROR and not status & STA_UNSYNC

@@ -134,6 +134,7 @@ class Health:
     link: Mapping[str, Any]
     outbox: Mapping[str, Any]
     hw: Mapping[str, Any]
+    alerts: tuple[str, ...] = ()  # e.g. keyring-expired, clock-untrusted: said until resolved
 
 
 def heartbeat_body(
@@ -155,6 +156,7 @@ def heartbeat_body(
         "link": dict(health.link),
         "outbox": dict(health.outbox),
         "hw": dict(health.hw),
+        "alerts": list(health.alerts),
         "volume": health.volume,
         "agent_version": health.agent_version,
     }

@@ -233,14 +233,29 @@ def check_audience(ctx: Context, target: str, expected_topic: str) -> None:
 # --- step 8 and 9: clock and time window -----------------------------------------------------
 
 
+def clock_trusted(state: TrustState, clock: ClockView) -> bool:
+    """Section 9: synchronised (kernel or config) and never below the persisted floor."""
+    return clock.synchronised and (state.time_floor is None or clock.now >= state.time_floor)
+
+
 def _trusted_now(state: TrustState, ctx: Context) -> datetime | None:
-    """The wall time when it can be trusted (kernel-synchronised and not below the floor)."""
-    now = ctx.clock.now
-    if not ctx.clock.synchronised:
-        return None
-    if state.time_floor is not None and now < state.time_floor:
-        return None
-    return now
+    """The wall time when it can be trusted, else None."""
+    return ctx.clock.now if clock_trusted(state, ctx.clock) else None
+
+
+def trust_alerts(state: TrustState, clock: ClockView, limits: Limits) -> tuple[str, ...]:
+    """What every heartbeat and event must say about trust while it lasts (sections 4, 9)."""
+    alerts: list[str] = []
+    trusted = clock_trusted(state, clock)
+    now = clock.now if trusted else state.time_floor
+    keyring = state.keyring
+    if keyring is not None and now is not None and now >= keyring.expires:
+        alerts.append(str(Code.KEYRING_EXPIRED))
+        if now >= keyring.expires + limits.keyring_grace:
+            alerts.append("keyring-grace-over")
+    if not trusted:
+        alerts.append(str(Code.CLOCK_UNTRUSTED))
+    return tuple(alerts)
 
 
 def _check_keyring_alive(keyring: Keyring, now: datetime, ctx: Context) -> None:

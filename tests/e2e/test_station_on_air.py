@@ -170,6 +170,8 @@ def test_playlist_over_mqtt_plays_and_reports(
             "a heartbeat naming the stream in force",
         )
         load_schema_set().validate("heartbeat", json.loads(heartbeat.payload))
+        assert json.loads(heartbeat.payload)["alerts"] == []  # keyring valid, clock trusted
+        assert all(e["alerts"] == [] for e in events(operator))
     finally:
         assert proc.stop() == 0, proc.log_text()
 

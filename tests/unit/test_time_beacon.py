@@ -73,3 +73,25 @@ def test_untrusted_station_takes_the_beacon_as_its_floor() -> None:
     assert code(verify(state, envelope("command", stale, "emergency"), untrusted)) == (
         "clock-untrusted"
     )
+
+
+def test_trust_alerts_follow_keyring_expiry_and_clock_trust() -> None:
+    from agent.core.verify import Limits, trust_alerts
+
+    short = envelope(
+        "keyring", keyring_body(1, expires="2026-12-01T00:00:00+07:00"), "root1", "root2"
+    )
+    verdict = verify(TrustState(), short, ctx())
+    assert isinstance(verdict, Accepted)
+    state = apply(TrustState(), verdict.effects)
+    limits = Limits()
+    assert trust_alerts(state, ClockView(NOW, True), limits) == ()
+    later = NOW + timedelta(days=10)
+    assert trust_alerts(state, ClockView(later, True), limits) == ("keyring-expired",)
+    much_later = NOW + timedelta(days=45)
+    assert trust_alerts(state, ClockView(much_later, True), limits) == (
+        "keyring-expired",
+        "keyring-grace-over",
+    )
+    # Untrusted: judged at the floor (here none yet, so nothing is known about expiry).
+    assert trust_alerts(state, ClockView(much_later, False), limits) == ("clock-untrusted",)
