@@ -21,7 +21,8 @@ from agent.cache import CacheFullError, MediaCache, MediaError
 from agent.config import Config
 from agent.core import strict
 from agent.core.clock import Clock
-from agent.core.models import Command, MediaRef, Playlist
+from agent.core.codes import Code
+from agent.core.models import Command, Keyring, MediaRef, Playlist
 from agent.core.planner import Occurrence, occurrences, outranks
 from agent.core.reports import (
     AsRun,
@@ -32,7 +33,7 @@ from agent.core.reports import (
     signed_asrun,
     to_bytes,
 )
-from agent.core.verify import Accepted, Rejection
+from agent.core.verify import Accepted, Rejection, Verdict
 from agent.ingest import Ingestor
 from agent.link import Connected, Disconnected, Link, Received
 from agent.outbox import Outbox, OutboxError
@@ -43,6 +44,7 @@ log = logging.getLogger("loa.station")
 AGENT_VERSION = "0.1.0"
 HORIZON = timedelta(days=2)
 CLOCK_JUMP_S = 2.0
+MAX_HELD_KEYRINGS = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +99,7 @@ class Station:
     _started_mono: float = 0.0
     _playing: Occurrence | None = None
     _clock_offset: float | None = None
+    _held_keyrings: dict[int, tuple[str, bytes]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.timers = Timers(lambda key: self.inbox.put(Fire(key)))
@@ -180,18 +183,48 @@ class Station:
         if message.topic == f"{station.prefix}/ack":
             self._on_ack(message.payload)
             return
-        verdict = self.ingestor.ingest(message.payload, message.topic)
-        fields = {"topic": message.topic}
+        verdict = self._verify(message.topic, message.payload)
         if isinstance(verdict, Rejection):
-            fields["payload_kind"] = verdict.kind or "unknown"
-            self._event("envelope", str(verdict.code), verdict.detail, fields)
+            if verdict.code == Code.VERSION_GAP and verdict.kind == "keyring":
+                self._hold_keyring(message.topic, message.payload)
             return
-        fields |= {"payload_kind": verdict.kind, "issuer": verdict.issuer, "label": verdict.label}
-        self._event("envelope", "accepted", verdict.line(), fields)
+        if isinstance(verdict.message, Keyring) and not verdict.noop:
+            self._apply_held_keyrings()
         if isinstance(verdict.message, Playlist) and not verdict.noop:
             self._reload_playlists()
         elif isinstance(verdict.message, Command):
             self._on_command(verdict, verdict.message)
+
+    def _verify(self, topic: str, payload: bytes) -> Verdict:
+        """One envelope through the trust core, and the event that says what became of it."""
+        verdict = self.ingestor.ingest(payload, topic)
+        fields = {"topic": topic}
+        if isinstance(verdict, Rejection):
+            fields["payload_kind"] = verdict.kind or "unknown"
+            self._event("envelope", str(verdict.code), verdict.detail, fields)
+        else:
+            fields |= {
+                "payload_kind": verdict.kind,
+                "issuer": verdict.issuer,
+                "label": verdict.label,
+            }
+            self._event("envelope", "accepted", verdict.line(), fields)
+        return verdict
+
+    def _hold_keyring(self, topic: str, payload: bytes) -> None:
+        """Retained keyrings arrive in no particular order after a reconnect: one that is ahead
+        of ours waits here until its predecessors are applied (section 4: walk the chain)."""
+        version = topic.rsplit("/", 1)[-1]
+        if version.isdigit() and len(self._held_keyrings) < MAX_HELD_KEYRINGS:
+            self._held_keyrings[int(version)] = (topic, payload)
+
+    def _apply_held_keyrings(self) -> None:
+        for version in sorted(self._held_keyrings):
+            topic, payload = self._held_keyrings.pop(version)
+            verdict = self._verify(topic, payload)
+            if isinstance(verdict, Rejection) and verdict.code == Code.VERSION_GAP:
+                self._held_keyrings[version] = (topic, payload)
+                break
 
     def _on_command(self, verdict: Accepted, command: Command) -> None:
         if command.action == "stop":
