@@ -90,6 +90,9 @@ class Outbox:
         )
         return [Report(i, k, s, t, bytes(p)) for i, k, s, t, p in rows]
 
+    def pending_ids(self) -> set[int]:
+        return {row[0] for row in self._db.execute("SELECT id FROM report")}
+
     def acknowledge(self, watermarks: Mapping[str, int]) -> int:
         """Delete every report of each kind with ``seq`` up to its watermark; return the count."""
         deleted = 0

@@ -246,7 +246,7 @@ class Station:
             return
         if isinstance(marks, dict):
             self.outbox.acknowledge({k: v for k, v in marks.items() if isinstance(v, int)})
-            pending = self._pending_ids()
+            pending = self.outbox.pending_ids()
             self._published = {i: t for i, t in self._published.items() if i in pending}
 
     def _on_connected(self, resync: bool = False) -> None:
@@ -445,9 +445,6 @@ class Station:
                 continue
             if self.link.publish(report.topic, report.payload):
                 self._published[report.id] = self.clock.monotonic()
-
-    def _pending_ids(self) -> set[int]:
-        return {r.id for r in self.outbox.pending(limit=100_000)}
 
     def _health(self) -> Health:
         state = self.ingestor.store.snapshot()

@@ -1,7 +1,9 @@
 """DSSE v1 envelopes (PROTOCOL.md section 3): pre-authentication encoding, parsing, signing.
 
 This module knows the envelope's shape and the Ed25519 arithmetic; which keys count for what is
-the keyring's business (``keyring.py``) and the order of checks is ``verify.py``'s.
+the keyring's business (``keyring.py``) and the order of checks is ``verify.py``'s. Signing takes
+any ``SigningKey`` (a key id and a sign operation), so a private key need not live in this
+process: the province signs through files today and could through a hardware token.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -106,15 +109,42 @@ def _parse_signature(entry: object) -> Signature:
     return Signature(keyid or None, raw)
 
 
-def sign(payload_type: str, body: bytes, keys: Iterable[Ed25519PrivateKey]) -> bytes:
+class SigningKey(Protocol):
+    """What ``sign`` needs of a key: its id and an Ed25519 signature over a message.
+
+    The private half may live in a file, a smart card or an HSM; signing never needs more.
+    """
+
+    @property
+    def keyid(self) -> str: ...
+
+    def sign(self, message: bytes) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _InMemoryKey:
+    """An ``Ed25519PrivateKey`` seen as a ``SigningKey`` (the station's report key, tests)."""
+
+    private: Ed25519PrivateKey
+
+    @property
+    def keyid(self) -> str:
+        return keyid_of(public_raw(self.private))
+
+    def sign(self, message: bytes) -> bytes:
+        return self.private.sign(message)
+
+
+def as_signing_key(key: SigningKey | Ed25519PrivateKey) -> SigningKey:
+    return _InMemoryKey(key) if isinstance(key, Ed25519PrivateKey) else key
+
+
+def sign(payload_type: str, body: bytes, keys: Iterable[SigningKey | Ed25519PrivateKey]) -> bytes:
     """Build a DSSE envelope (JSON bytes) signed by every key given, standard base64."""
     message = pae(payload_type, body)
     signatures = [
-        {
-            "keyid": keyid_of(public_raw(key)),
-            "sig": base64.b64encode(key.sign(message)).decode("ascii"),
-        }
-        for key in keys
+        {"keyid": signer.keyid, "sig": base64.b64encode(signer.sign(message)).decode("ascii")}
+        for signer in map(as_signing_key, keys)
     ]
     if not signatures:
         raise ValueError("at least one signing key is needed")
