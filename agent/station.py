@@ -44,7 +44,11 @@ log = logging.getLogger("loa.station")
 AGENT_VERSION = "0.1.0"
 HORIZON = timedelta(days=2)
 CLOCK_JUMP_S = 2.0
-MAX_HELD_KEYRINGS = 16
+MAX_HELD = 64
+# Rejections that a later keyring can cure: the envelope is held and checked again after one.
+WAIT_FOR_KEYRING = frozenset(
+    {Code.VERSION_GAP, Code.UNKNOWN_KEY, Code.THRESHOLD_NOT_MET, Code.OUT_OF_SCOPE}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +103,7 @@ class Station:
     _started_mono: float = 0.0
     _playing: Occurrence | None = None
     _clock_offset: float | None = None
-    _held_keyrings: dict[int, tuple[str, bytes]] = field(default_factory=dict)
+    _held: dict[str, bytes] = field(default_factory=dict)  # topic -> retained envelope
 
     def __post_init__(self) -> None:
         self.timers = Timers(lambda key: self.inbox.put(Fire(key)))
@@ -180,16 +184,20 @@ class Station:
 
     def _on_received(self, message: Received) -> None:
         station = self.config.station
+        if not message.payload:
+            # An empty retained message is how a topic is cleared (a stream withdrawn, a test
+            # cleaning up); a persistent session may deliver it later. It is not an envelope.
+            return
         if message.topic == f"{station.prefix}/ack":
             self._on_ack(message.payload)
             return
         verdict = self._verify(message.topic, message.payload)
         if isinstance(verdict, Rejection):
-            if verdict.code == Code.VERSION_GAP and verdict.kind == "keyring":
-                self._hold_keyring(message.topic, message.payload)
+            if message.retained and verdict.code in WAIT_FOR_KEYRING:
+                self._hold(message.topic, message.payload)
             return
         if isinstance(verdict.message, Keyring) and not verdict.noop:
-            self._apply_held_keyrings()
+            self._retry_held()
         if isinstance(verdict.message, Playlist) and not verdict.noop:
             self._reload_playlists()
         elif isinstance(verdict.message, Command):
@@ -211,20 +219,27 @@ class Station:
             self._event("envelope", "accepted", verdict.line(), fields)
         return verdict
 
-    def _hold_keyring(self, topic: str, payload: bytes) -> None:
-        """Retained keyrings arrive in no particular order after a reconnect: one that is ahead
-        of ours waits here until its predecessors are applied (section 4: walk the chain)."""
-        version = topic.rsplit("/", 1)[-1]
-        if version.isdigit() and len(self._held_keyrings) < MAX_HELD_KEYRINGS:
-            self._held_keyrings[int(version)] = (topic, payload)
+    def _hold(self, topic: str, payload: bytes) -> None:
+        """Retained messages arrive in no particular order after a reconnect: a keyring ahead of
+        ours, or a playlist signed by a key only the next keyring brings, waits here until a
+        keyring is applied (section 4: walk the chain), then goes through the checks again."""
+        if topic in self._held or len(self._held) < MAX_HELD:
+            self._held[topic] = payload
 
-    def _apply_held_keyrings(self) -> None:
-        for version in sorted(self._held_keyrings):
-            topic, payload = self._held_keyrings.pop(version)
-            verdict = self._verify(topic, payload)
-            if isinstance(verdict, Rejection) and verdict.code == Code.VERSION_GAP:
-                self._held_keyrings[version] = (topic, payload)
-                break
+    def _retry_held(self) -> None:
+        def order(topic: str) -> tuple[int, int]:
+            # Keyrings first, in version order; then everything else.
+            version = topic.rsplit("/", 1)[-1]
+            is_keyring = "/keyring/" in topic and version.isdigit()
+            return (0, int(version)) if is_keyring else (1, 0)
+
+        held, self._held = self._held, {}
+        for topic in sorted(held, key=order):
+            verdict = self._verify(topic, held[topic])
+            if isinstance(verdict, Rejection) and verdict.code in WAIT_FOR_KEYRING:
+                self._held[topic] = held[topic]
+            elif isinstance(verdict, Accepted) and isinstance(verdict.message, Playlist):
+                self._reload_playlists()
 
     def _on_command(self, verdict: Accepted, command: Command) -> None:
         if command.action == "stop":

@@ -135,7 +135,7 @@ class Demo:
             "--key", f"command={k / 'command.pub'}", "--key", f"emergency={k / 'emergency.pub'}",
             "--key", f"maintenance={k / 'maintenance.pub'}",
             "--sign", k / "root1.key", "--sign", k / "root2.key",
-            "--out", self.out / "keyring-v1.json",
+            "--out", self.out / "keyring-v1.json", "--home", self.home,
         )  # fmt: skip
 
     def station_dir(self, station: str) -> Path:
@@ -251,7 +251,7 @@ class Demo:
             body.write_text(json.dumps(doc, ensure_ascii=False, indent=1))
             envelope = body.with_suffix(".signed.json")
             self.cli("loa-province", "sign", body, "--key", self.keys / f"{key}.key",
-                     "--out", envelope)  # fmt: skip
+                     "--out", envelope, "--home", self.home)  # fmt: skip
             signed.append(envelope)
         self.cli("loa-province", "publish", *signed, "--home", self.home, "--broker", broker_url)
         local = first.astimezone(HANOI).strftime("%H:%M:%S")

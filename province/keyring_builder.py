@@ -11,8 +11,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from agent.core.dsse import keyid_of
 from agent.core.models import ROLE_NAMES
 from agent.core.targets import StationId
@@ -20,6 +18,7 @@ from agent.core.timefmt import format_rfc3339
 from agent.core.trust_state import TrustState, apply
 from agent.core.verify import Accepted, ClockView, Context, verify
 from agent.schemas import load_schema_set
+from province.signer import Signer
 from province.signing import BodyError, canonical_json, sign_body
 
 REQUIRED_ROLES = ("root", "playlist", "command", "emergency", "maintenance")
@@ -76,7 +75,7 @@ def build_body(
 
 def sign_keyring(
     body: Mapping[str, object],
-    signers: Sequence[Ed25519PrivateKey],
+    signers: Sequence[Signer],
     previous_envelope: bytes | None,
     now: datetime,
 ) -> bytes:

@@ -2,7 +2,9 @@
 
 The province tool refuses what stations would refuse for the body's own sake (strict JSON, the
 schema, the semantic checks of ``agent.core.models``), so a typo is caught at the desk, not on a
-thousand hills. It signs the exact bytes it checked.
+thousand hills. It signs the exact bytes it checked, through ``Signer``s (``province.signer``),
+checks every signature against the signer's public key, and says what the signing log records
+about it (``signed_record``).
 """
 
 from __future__ import annotations
@@ -10,13 +12,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from agent.core import dsse, strict
+from agent.core.codes import Rejected
 from agent.core.models import Command, Keyring, Playlist, TimeBeacon
 from agent.core.schema import SchemaError
 from agent.core.verify import PAYLOAD_TYPES
 from agent.schemas import load_schema_set
+from province.signer import Signer, SignerError
+from province.signing_log import Signed
 
 _MODELS: dict[str, Any] = {
     "playlist": Playlist.from_body,
@@ -47,12 +50,54 @@ def check_body(body: bytes) -> str:
     return str(kind)
 
 
-def sign_body(body: bytes, keys: Sequence[Ed25519PrivateKey]) -> bytes:
-    """Check ``body`` and return the DSSE envelope (JSON bytes) signed by ``keys``."""
+def sign_body(body: bytes, signers: Sequence[Signer]) -> bytes:
+    """Check ``body`` and return the DSSE envelope (JSON bytes) signed by ``signers``."""
     kind = check_body(body)
-    if not keys:
+    if not signers:
         raise BodyError("at least one signing key is needed")
-    return dsse.sign(PAYLOAD_TYPES[kind], body, keys)
+    envelope = dsse.sign(PAYLOAD_TYPES[kind], body, signers)
+    # A signer is trusted for its signature, not believed: a token holding another key than it
+    # claims, or a faulty one, is caught here instead of by every station.
+    try:
+        parsed = dsse.parse_envelope(envelope, len(envelope))
+    except Rejected as exc:  # e.g. more signatures than a station reads
+        raise BodyError(f"stations would reject this envelope: {exc}") from exc
+    for signer, signature in zip(signers, parsed.signatures, strict=True):
+        public = signer.public_raw()
+        if signature.keyid != dsse.keyid_of(public) or not parsed.verifies_with(public, signature):
+            raise SignerError(
+                f"{signer.describe()} made a signature its public key does not verify"
+            )
+    return envelope
+
+
+def subject(body: bytes) -> tuple[str, str, str, str]:
+    """``(kind, issuer, target, label)`` of a checked body, named as publish and stations do."""
+    doc: dict[str, Any] = strict.loads(body)
+    kind = str(doc["kind"])
+    if kind == "playlist":
+        return kind, doc["issuer"], doc["target"], f"v{doc['version']}"
+    if kind == "keyring":
+        return kind, doc["province"], doc["province"], f"v{doc['version']}"
+    if kind == "time":
+        return kind, doc["province"], doc["province"], doc["ts"]
+    return kind, doc["issuer"], doc["target"], doc["id"]
+
+
+def signed_record(body: bytes, envelope: bytes, signers: Sequence[Signer]) -> Signed:
+    """What the signing log keeps about ``envelope``, the signature of ``body`` by ``signers``."""
+    kind, issuer, target, label = subject(body)
+    return Signed(
+        kind=kind,
+        payload_type=PAYLOAD_TYPES[kind],
+        issuer=issuer,
+        target=target,
+        label=label,
+        body=body,
+        envelope=envelope,
+        keyids=tuple(s.keyid for s in signers),
+        signers=tuple(s.describe() for s in signers),
+    )
 
 
 def canonical_json(document: Any) -> bytes:

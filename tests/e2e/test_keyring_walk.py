@@ -12,7 +12,7 @@ import pytest
 
 from tests.harness.broker import MosquittoBroker, Recorder
 from tests.harness.station_proc import provision_station
-from tests.harness.trust import envelope, keyring_body
+from tests.harness.trust import envelope, keyid, keyring_body, playlist_body, public_hex
 
 pytestmark = pytest.mark.integration
 STATION = "25/08230/08230-01"
@@ -30,9 +30,18 @@ def operator(mqtt_connect: Any) -> Iterator[Recorder]:
 def test_missed_rotations_are_applied_in_order(
     tmp_path: Path, mqtt_broker: MosquittoBroker, operator: Recorder
 ) -> None:
+    # The newest playlist is signed by a key that only keyring v5 brings, and it is retained
+    # first: the station must hold it until the keyring chain has caught up.
+    playlist = envelope("playlist", playlist_body(version=7), "new1")
+    operator.publish("loa/v1/25/playlist/25", playlist, retain=True)
     # Published newest first, so a broker delivering in publication order hands out v5 first.
     for version in (5, 4, 3, 2):
-        data = envelope("keyring", keyring_body(version), "root1", "root2")
+        body = keyring_body(version)
+        if version == 5:
+            body["keys"][keyid("new1")] = {"scheme": "ed25519", "public": public_hex("new1"),
+                                           "scope": ["25"]}  # fmt: skip
+            body["roles"]["playlist"]["keyids"].append(keyid("new1"))
+        data = envelope("keyring", body, "root1", "root2")
         operator.publish(f"loa/v1/25/keyring/{version}", data, retain=True)
     proc = provision_station(tmp_path / "station", mqtt_broker, STATION)
     proc.start()
@@ -60,5 +69,6 @@ def test_missed_rotations_are_applied_in_order(
         # mosquitto 2.0 hands out retained messages in publication order, so v5, v4 and v3 were
         # held back as version gaps and applied once v2 arrived: the walk really ran.
         assert codes.count("version-gap") == 3
+        assert codes.count("unknown-key") == 1  # the playlist, before its key was known
     finally:
         assert proc.stop() == 0, proc.log_text()

@@ -9,10 +9,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.harness.trust import command_body, playlist_body
 
 BIN = Path(sys.executable).parent
 ROLES = ("root1", "root2", "root3", "playlist", "command", "emergency", "maintenance", "c08230")
+
+
+@pytest.fixture(autouse=True)
+def province_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``sign`` and ``keyring`` log into the province home: keep it out of the working tree."""
+    home = tmp_path / "province-home"
+    monkeypatch.setenv("LOA_PROVINCE_HOME", str(home))
+    return home
 
 
 def run(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
