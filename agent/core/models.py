@@ -8,17 +8,35 @@ keys). Any failure raises ValueError, which the pipeline reports as ``schema``.
 from __future__ import annotations
 
 import hashlib
+import re
+import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, time
+from functools import cache
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from agent.core.timefmt import parse_local_time, parse_rfc3339
 
 DEFAULT_TIMEZONE = "Asia/Ho_Chi_Minh"
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+# Printable ASCII without spaces: the schema's pattern lets control characters through.
+_URL = re.compile(r"\Ahttps?://[\x21-\x7e]+\Z", re.ASCII)
 ROLE_NAMES = ("root", "playlist", "command", "emergency", "maintenance", "release")
+
+
+@cache
+def _zones() -> frozenset[str]:
+    """The IANA zones this machine knows, excluding aliases of the local setup ("localtime",
+    "Factory"): a playlist's clock must mean the same on every station."""
+    return frozenset(zoneinfo.available_timezones() - {"localtime", "Factory", "posixrules"})
+
+
+def _version(value: object) -> int:
+    """Versions are compared and stored: 6.0 is a valid JSON Schema integer but not ours."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"version must be an integer, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +80,7 @@ class Keyring:
             roles[name] = Role(keyids, role["threshold"])
         return cls(
             province=doc["province"],
-            version=doc["version"],
+            version=_version(doc["version"]),
             expires=parse_rfc3339(doc["expires"]),
             keys=keys,
             roles=roles,
@@ -86,6 +104,9 @@ class MediaRef:
 
     @classmethod
     def from_body(cls, name: str, doc: Mapping[str, Any]) -> MediaRef:
+        url = doc["url"]
+        if not _URL.match(url):
+            raise ValueError(f"media {name}: URL must be http(s) and printable ASCII")
         return cls(
             name=name,
             url=doc["url"],
@@ -130,10 +151,8 @@ class Playlist:
     @classmethod
     def from_body(cls, doc: Mapping[str, Any]) -> Playlist:
         tz_name = doc.get("timezone", DEFAULT_TIMEZONE)
-        try:
-            ZoneInfo(tz_name)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown time zone {tz_name!r}") from exc
+        if tz_name not in _zones():
+            raise ValueError(f"unknown time zone {tz_name!r}")
         valid_from = parse_rfc3339(doc["valid_from"])
         expires = parse_rfc3339(doc["expires"])
         if valid_from >= expires:
@@ -146,7 +165,7 @@ class Playlist:
         return cls(
             issuer=doc["issuer"],
             target=doc["target"],
-            version=doc["version"],
+            version=_version(doc["version"]),
             issued_at=parse_rfc3339(doc["issued_at"]),
             valid_from=valid_from,
             expires=expires,

@@ -10,6 +10,7 @@ _RFC3339 = re.compile(
     r"(?:(Z)|([+-])(\d{2}):(\d{2}))\Z",
     re.ASCII,
 )
+MIN_YEAR, MAX_YEAR = 1970, 8999
 _LOCAL_TIME = re.compile(r"\A(\d{2}):(\d{2})(?::(\d{2}))?\Z", re.ASCII)
 
 
@@ -33,7 +34,12 @@ def parse_rfc3339(text: str) -> datetime:
             raise ValueError(f"offset out of range: {text!r}")
         offset = timedelta(hours=off_h, minutes=off_m)
         tz = timezone(-offset if match.group(9) == "-" else offset)
-    return datetime(year, month, day, hour, minute, second, micro, tzinfo=tz)
+    moment = datetime(year, month, day, hour, minute, second, micro, tzinfo=tz)
+    # Wire times live in a sane range, so that adding a grace period or a skew to one can never
+    # overflow (9999-12-31 plus 30 days raises in Python, and the agent must never raise).
+    if not MIN_YEAR <= year <= MAX_YEAR:  # checked on the local year: UTC may not exist
+        raise ValueError(f"time outside {MIN_YEAR}..{MAX_YEAR}: {text!r}")
+    return moment
 
 
 def parse_local_time(text: str) -> time:

@@ -50,6 +50,7 @@ ACTION_ROLES: Mapping[str, str] = {
     "relay_test": "command",
     "resync": "maintenance",
 }
+COMMAND_ROLES = ("command", "emergency", "maintenance")
 # Under an untrusted clock only what may save lives (or stop it) gets through (section 9).
 UNTRUSTED_CLOCK_ACTIONS = frozenset({"emergency", "cancel"})
 
@@ -135,14 +136,15 @@ def verify(state: TrustState, data: bytes, ctx: Context) -> Verdict:
 # --- step 4: signatures ----------------------------------------------------------------------
 
 
-def check_threshold(envelope: Envelope, keyring: Keyring, role: str) -> frozenset[str]:
-    """Return the role keys with a valid signature, or raise the section 8 code.
+def check_threshold(envelope: Envelope, keyring: Keyring, *roles: str) -> frozenset[str]:
+    """Return the keys with a valid signature of the first role whose threshold they meet, or
+    raise the section 8 code. Several roles are given only when the role cannot be known yet
+    (a command whose action is unreadable): then any of them may vouch.
 
-    Each key counts once however often it signed; signatures by keys outside the role, or with
+    Each key counts once however often it signed; signatures by keys outside the roles, or with
     no keyid, are ignored (a keyid only selects a key, it never grants anything).
     """
-    role_keys = keyring.role_keys(role)
-    threshold = keyring.roles[role].threshold if role in keyring.roles else 1
+    role_keys = frozenset().union(*(keyring.role_keys(r) for r in roles))
     valid: set[str] = set()
     failed = False
     known = False
@@ -157,13 +159,20 @@ def check_threshold(envelope: Envelope, keyring: Keyring, role: str) -> frozense
             valid.add(entry.keyid)
         else:
             failed = True
-    if role_keys and len(valid) >= threshold:
-        return frozenset(valid)
+    for role in roles:
+        if role in keyring.roles and len(valid & keyring.roles[role].keyids) >= (
+            keyring.roles[role].threshold
+        ):
+            return frozenset(valid & keyring.roles[role].keyids)
+    names = "/".join(roles)
     if failed:
-        raise Rejected(Code.BAD_SIGNATURE, f"a {role} key's signature does not verify")
+        raise Rejected(Code.BAD_SIGNATURE, f"a {names} key's signature does not verify")
     if not known:
         raise Rejected(Code.UNKNOWN_KEY, "no signature is by a key of the keyring")
-    raise Rejected(Code.THRESHOLD_NOT_MET, f"{len(valid)} of {threshold} {role} signatures")
+    thresholds = "/".join(str(keyring.roles[r].threshold) for r in roles if r in keyring.roles)
+    raise Rejected(
+        Code.THRESHOLD_NOT_MET, f"{len(valid)} of {thresholds or 'n/a'} {names} signatures"
+    )
 
 
 def _require_keyring(state: TrustState) -> Keyring:
@@ -311,15 +320,8 @@ def _check_command(state: TrustState, env: Envelope, raw: bytes, ctx: Context) -
     action = _peek_action(env.body)
     if action is None:
         # The role is unknown until the body is valid; demand a valid signature by *some*
-        # command-capable key so that an anonymous sender learns nothing from `schema`.
-        for role in ("command", "emergency", "maintenance"):
-            try:
-                check_threshold(env, keyring, role)
-                break
-            except Rejected:
-                continue
-        else:
-            check_threshold(env, keyring, "command")  # raises the code that fits
+        # command-capable role so that an anonymous sender learns nothing from `schema`.
+        check_threshold(env, keyring, *COMMAND_ROLES)
         _parse_body("command", env.body, ctx.schemas)
         raise Rejected(Code.SCHEMA, "command action missing or unknown")
     role = ACTION_ROLES[action]
@@ -337,6 +339,7 @@ def _check_command(state: TrustState, env: Envelope, raw: bytes, ctx: Context) -
         # The best lower bound of the time is the floor; the player bounds the emergency by
         # expires - issued_at on the monotonic clock.
         now = floor if floor is not None else command.issued_at
+        _check_keyring_alive(keyring, now, ctx)
         if now >= command.expires:
             raise Rejected(Code.EXPIRED, f"expired at {command.expires.isoformat()}")
     else:
@@ -404,8 +407,16 @@ def _check_time(state: TrustState, env: Envelope, raw: bytes, ctx: Context) -> V
     check_scope(keyring, signers, "maintenance", beacon.province, beacon.province)
     check_audience(ctx, beacon.province, f"loa/v1/{beacon.province}/time")
     now = _trusted_now(state, ctx)
+    judged_at = now if now is not None else state.time_floor
+    if judged_at is not None:
+        _check_keyring_alive(keyring, judged_at, ctx)
     if now is not None and beacon.ts > now + ctx.limits.clock_skew:
         raise Rejected(Code.NOT_YET_VALID, f"beacon {beacon.ts.isoformat()} is in the future")
+    # A station that cannot check the beacon against its own clock still knows no honest
+    # beacon lies beyond the life of the keyring that vouches for it: a far-future beacon
+    # (one stolen maintenance signature) must not lift the floor out of reach for good.
+    if beacon.ts > keyring.expires + ctx.limits.keyring_grace:
+        raise Rejected(Code.NOT_YET_VALID, "beacon is beyond the keyring's life")
     label = beacon.ts.isoformat()
     floor = state.time_floor
     if floor is not None and beacon.ts <= floor:

@@ -1,0 +1,1 @@
+"""Generated test corpora: hostile envelopes for the station's trust core (``hostile``)."""
