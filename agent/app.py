@@ -48,11 +48,12 @@ def build_station(config: Config, clock: Clock) -> tuple[Station, Callable[[], N
         return Player(
             relays,
             lambda: open_sink(config.audio.output, config.audio.device, wav),
-            lambda path, gain: Decoder(path, gain),
+            lambda path, gain, start_s: Decoder(path, gain, start_s=start_s),
             clock,
             on_done,
             warmup_s=config.audio.warmup_s,
             hold_s=config.audio.hold_s,
+            amp_linger_s=config.audio.amp_linger_s,
         )
 
     link_factory = None

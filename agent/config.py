@@ -75,6 +75,8 @@ class AudioConfig:
     warmup_s: float = 2.0  # amplifier power-on to zone relays and sound
     hold_s: float = 3.0  # after the last sample, before the relays drop
     default_volume: int = 80
+    decoder_lead_s: float = 0.5  # pre-roll beyond the warm-up: ffmpeg start-up and first read
+    amp_linger_s: float = 10.0  # the amplifier stays on this long for an item that follows
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +88,12 @@ class MediaConfig:
 @dataclass(frozen=True, slots=True)
 class ReportsConfig:
     heartbeat_s: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleConfig:
+    resume_window_s: float = 900.0  # an interrupted slot without `end` may finish this late
+    lookback_days: float = 7.0  # after a restart, missed occurrences are reported this far back
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +109,7 @@ class Config:
     audio: AudioConfig = field(default_factory=AudioConfig)
     media: MediaConfig = field(default_factory=MediaConfig)
     reports: ReportsConfig = field(default_factory=ReportsConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     sim: bool = False  # LOA_HAL=sim: gpiozero MockFactory, audio to a WAV file by default
 
 
@@ -197,6 +206,13 @@ def load_config(text: str, env: Mapping[str, str], base_dir: Path) -> Config:
         warmup_s=_number(audio_t, "warmup_s", 2.0, "audio", 0, 60),
         hold_s=_number(audio_t, "hold_s", 3.0, "audio", 0, 600),
         default_volume=int(_number(audio_t, "default_volume", 80, "audio", 0, 100)),
+        decoder_lead_s=_number(audio_t, "decoder_lead_s", 0.5, "audio", 0, 10),
+        amp_linger_s=_number(audio_t, "amp_linger_s", 10.0, "audio", 0, 3600),
+    )
+    schedule_t = _table(doc, "schedule")
+    schedule = ScheduleConfig(
+        resume_window_s=_number(schedule_t, "resume_window_s", 900.0, "schedule", 0, 86400),
+        lookback_days=_number(schedule_t, "lookback_days", 7.0, "schedule", 0, 60),
     )
     media_t = _table(doc, "media")
     media = MediaConfig(
@@ -225,6 +241,7 @@ def load_config(text: str, env: Mapping[str, str], base_dir: Path) -> Config:
         audio=audio,
         media=media,
         reports=reports,
+        schedule=schedule,
         sim=sim,
     )
 

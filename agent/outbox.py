@@ -23,6 +23,9 @@ CREATE TABLE IF NOT EXISTS report (
     topic TEXT NOT NULL, payload BLOB NOT NULL, created_at TEXT NOT NULL,
     UNIQUE (kind, seq));
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS occurrence (key TEXT PRIMARY KEY, outcome TEXT NOT NULL,
+    reported_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS alive (id INTEGER PRIMARY KEY CHECK (id = 1), at TEXT NOT NULL);
 """
 
 
@@ -107,6 +110,31 @@ class Outbox:
         except sqlite3.Error as exc:
             raise OutboxError(f"cannot apply receipt: {exc}") from exc
         return deleted
+
+    def mark_reported(self, key: str, outcome: str, now: datetime) -> None:
+        """Remember that an occurrence got its as-run, so a restart never reports it twice."""
+        with self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO occurrence VALUES (?, ?, ?)",
+                (key, outcome, now.isoformat()),
+            )
+
+    def was_reported(self, key: str) -> bool:
+        row = self._db.execute("SELECT 1 FROM occurrence WHERE key = ?", (key,)).fetchone()
+        return row is not None
+
+    def forget_reported_before(self, before: datetime) -> None:
+        with self._db:
+            self._db.execute("DELETE FROM occurrence WHERE reported_at < ?", (before.isoformat(),))
+
+    def set_alive(self, now: datetime) -> None:
+        """The last moment the station was known to be running (catch-up starts there)."""
+        with self._db:
+            self._db.execute("INSERT OR REPLACE INTO alive VALUES (1, ?)", (now.isoformat(),))
+
+    def last_alive(self) -> datetime | None:
+        row = self._db.execute("SELECT at FROM alive WHERE id = 1").fetchone()
+        return None if row is None else datetime.fromisoformat(row[0])
 
     def next_session(self) -> int:
         """Count connections: each connect gets a new session number, persisted."""

@@ -2,9 +2,15 @@
 
 It owns the sequence of one occurrence: amplifier on, warm-up, zone relays on, each item
 decoded by ffmpeg and streamed chunk by chunk (never a whole file of PCM in memory) with the
-gaps between, then the hold time and everything off in reverse order. It decides nothing about
-*what* plays: the runtime asks, and gets a ``PlayResult`` back through ``on_done`` (which only
-enqueues). ``cut`` stops the current play within one chunk (100 ms of audio).
+gaps between, then the hold time and the zones off; the amplifier goes off a little later
+unless another play starts first (it stays on between items that follow closely). It decides
+nothing about *what* plays: the runtime asks, and gets a ``PlayResult`` back through
+``on_done`` (which only enqueues). ``cut`` stops the current play within one chunk (100 ms).
+
+Pre-roll: a request with ``start_at`` (a monotonic instant) is started early by the runtime;
+the player switches the amplifier on, starts the decoder and reads its first chunk ahead, puts
+the zones on after the warm-up, and writes the first sample so that it reaches the sound card
+at ``start_at`` (the sink's own output latency is subtracted).
 """
 
 from __future__ import annotations
@@ -30,11 +36,16 @@ class PcmSource(AbstractContextManager["PcmSource"], Protocol):
     def close(self) -> None: ...
 
 
+# path, linear gain, seconds into the file to start at
+DecoderFactory = Callable[[Path, float, float], PcmSource]
+
+
 @dataclass(frozen=True, slots=True)
 class PlayItem:
     name: str
     sha256: str
     path: Path
+    gain: float = 1.0  # the item's own correction (loudness normalisation), times the volume
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,9 +53,12 @@ class PlayRequest:
     key: str
     items: tuple[PlayItem, ...]
     zones: tuple[str, ...]
-    gain: float  # linear, 0..1
+    gain: float  # linear, 0..1: the slot's volume
     gap_s: float
     deadline: float | None  # monotonic time of the slot's hard end
+    start_item: int = 0  # resume or late join: where to begin
+    start_offset_s: float = 0.0
+    start_at: float | None = None  # pre-roll: monotonic instant of the first sample at the card
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +72,8 @@ class PlayResult:
     relay_ok: bool | None
     amp_power_ok: bool | None
     output_level_db: float | None
+    item: int  # where playback stood when it ended: item index…
+    item_offset_s: float  # …and seconds into it (to resume an interrupted occurrence)
 
 
 class Player:
@@ -65,12 +81,13 @@ class Player:
         self,
         relays: Relays,
         open_sink: Callable[[], AudioSink],
-        decoder: Callable[[Path, float], PcmSource],
+        decoder: DecoderFactory,
         clock: Clock,
         on_done: Callable[[PlayResult], None],
         *,
         warmup_s: float,
         hold_s: float,
+        amp_linger_s: float = 0.0,
     ) -> None:
         self._relays = relays
         self._open_sink = open_sink
@@ -79,9 +96,13 @@ class Player:
         self._on_done = on_done
         self._warmup_s = warmup_s
         self._hold_s = hold_s
+        self._amp_linger_s = amp_linger_s
         self._thread: threading.Thread | None = None
         self._cut = threading.Event()
         self._cut_reason: tuple[str, str] = ("partial", "")
+        self._amp_lock = threading.Lock()
+        self._amp_on = False
+        self._amp_timer: threading.Timer | None = None
         self.current: PlayRequest | None = None
 
     @property
@@ -108,46 +129,106 @@ class Player:
         thread.join(wait_s)
 
     def close(self) -> None:
+        """Safe-off: stop playing and switch everything off now, linger or not."""
         self.cut("partial", "station stopping")
-        self._relays.all_off()
+        with self._amp_lock:
+            if self._amp_timer is not None:
+                self._amp_timer.cancel()
+            self._amp_on = False
+            self._relays.all_off()
+
+    # amplifier: on at once, off after a linger unless another play wants it -------------------
+
+    def _amp_up(self) -> bool:
+        """Switch the amplifier on; True when it was already on (no warm-up needed)."""
+        with self._amp_lock:
+            if self._amp_timer is not None:
+                self._amp_timer.cancel()
+                self._amp_timer = None
+            was_on = self._amp_on
+            self._relays.set_amp(True)
+            self._amp_on = True
+            return was_on
+
+    def _amp_down_later(self) -> None:
+        with self._amp_lock:
+            if self._amp_linger_s <= 0:
+                self._relays.set_amp(False)
+                self._amp_on = False
+                return
+            timer = threading.Timer(self._amp_linger_s, lambda: self._amp_down_now(timer))
+            timer.daemon = True
+            self._amp_timer = timer
+            timer.start()
+
+    def _amp_down_now(self, timer: threading.Timer) -> None:
+        with self._amp_lock:
+            if self._amp_timer is not timer:
+                return  # a new play took the amplifier while this timer waited for the lock
+            self._amp_timer = None
+            try:
+                self._relays.set_amp(False)
+            except RelayError:
+                return  # reported by the next play's read-back
+            self._amp_on = False
 
     # the playback thread --------------------------------------------------------------------
+
+    def _wait_until(self, cut: threading.Event, instant: float) -> bool:
+        """Wait on the monotonic clock until ``instant``; True if cut first."""
+        left = instant - self._clock.monotonic()
+        return cut.wait(left) if left > 0 else cut.is_set()
 
     def _run(self, request: PlayRequest, cut: threading.Event) -> None:
         started_at: datetime | None = None
         frames = 0
+        item_frames = 0
+        item = request.start_item
         meter = LevelMeter()
         outcome, reason = "complete", None
         relay_ok: bool | None = None
         amp_ok: bool | None = None
         try:
-            self._relays.set_amp(True)
+            warm = self._amp_up()
             amp_ok = self._relays.states().get("amp")
-            if not cut.wait(self._warmup_s):
-                self._relays.set_zones(request.zones, True)
-                relay_ok = self._zones_on(request.zones)
-                sink = self._open_sink()
-                sink.open()
-                try:
-                    for index, item in enumerate(request.items):
-                        if index and request.gap_s and cut.wait(request.gap_s):
-                            break
-                        with self._decoder(item.path, request.gain) as source:
-                            for chunk in source.chunks():
-                                if cut.is_set():
+            warm_until = self._clock.monotonic() + (0.0 if warm else self._warmup_s)
+            sink = self._open_sink()
+            sink.open()
+            try:
+                for item in range(request.start_item, len(request.items)):
+                    entry = request.items[item]
+                    offset = request.start_offset_s if item == request.start_item else 0.0
+                    item_frames = 0
+                    if item > request.start_item and request.gap_s and cut.wait(request.gap_s):
+                        break
+                    with self._decoder(entry.path, request.gain * entry.gain, offset) as source:
+                        chunks = source.chunks()
+                        first = next(chunks, b"")  # primes ffmpeg ahead of the instant
+                        if started_at is None:
+                            if self._wait_until(cut, warm_until):
+                                break
+                            self._relays.set_zones(request.zones, True)
+                            relay_ok = self._zones_on(request.zones)
+                            if request.start_at is not None:
+                                latency = float(getattr(sink, "latency_s", 0.0))
+                                if self._wait_until(cut, request.start_at - latency):
                                     break
-                                if request.deadline and self._clock.monotonic() >= request.deadline:
-                                    outcome, reason = "partial", "slot end reached"
-                                    break
-                                if started_at is None:
-                                    started_at = self._clock.now()
-                                sink.write(chunk)
-                                meter.add(chunk)
-                                frames += len(chunk) // FRAME_BYTES
-                        if cut.is_set() or outcome != "complete":
-                            break
-                finally:
-                    sink.close()
+                        for chunk in _chain(first, chunks):
+                            if cut.is_set():
+                                break
+                            if request.deadline and self._clock.monotonic() >= request.deadline:
+                                outcome, reason = "partial", "slot end reached"
+                                break
+                            if started_at is None:
+                                started_at = self._clock.now()
+                            sink.write(chunk)
+                            meter.add(chunk)
+                            frames += len(chunk) // FRAME_BYTES
+                            item_frames += len(chunk) // FRAME_BYTES
+                    if cut.is_set() or outcome != "complete":
+                        break
+            finally:
+                sink.close()
             if cut.is_set():
                 outcome, reason = self._cut_reason
             elif self._hold_s:
@@ -159,9 +240,10 @@ class Player:
         finally:
             try:
                 self._relays.set_zones(request.zones, False)
-                self._relays.set_amp(False)
+                self._amp_down_later()
             except RelayError as exc:
                 outcome, reason = "failed", f"relay: {exc}"[:200]
+            first_offset = request.start_offset_s if item == request.start_item else 0.0
             self._on_done(
                 PlayResult(
                     key=request.key,
@@ -173,6 +255,8 @@ class Player:
                     relay_ok=relay_ok,
                     amp_power_ok=amp_ok,
                     output_level_db=meter.dbfs(),
+                    item=item,
+                    item_offset_s=first_offset + item_frames / SAMPLE_RATE,
                 )
             )
 
@@ -182,3 +266,9 @@ class Player:
             return None  # no zone relays configured: nothing to read back
         wanted = states.keys() if "all" in zones else [z for z in zones if z in states]
         return all(states[z] for z in wanted)
+
+
+def _chain(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+    if first:
+        yield first
+    yield from rest

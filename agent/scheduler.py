@@ -9,7 +9,7 @@ the source of truth.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.date import DateTrigger
@@ -45,8 +45,9 @@ class Timers:
             max_instances=1,
         )
 
-    def replace_plan(self, plan: Iterable[Occurrence], now: datetime) -> int:
-        """Drop every occurrence timer and set one per future occurrence; return the count."""
+    def replace_plan(self, plan: Iterable[Occurrence], now: datetime, lead_s: float = 0.0) -> int:
+        """Drop every occurrence timer and set one per future occurrence, ``lead_s`` before its
+        start (pre-roll); return the count."""
         for job in self._scheduler.get_jobs():
             if job.id.startswith(_OCCURRENCE):
                 job.remove()
@@ -54,9 +55,10 @@ class Timers:
         for occurrence in plan:
             if occurrence.start < now:
                 continue
+            fire_at = max(now, occurrence.start - timedelta(seconds=lead_s))
             self._scheduler.add_job(
                 self._fire,
-                DateTrigger(run_date=occurrence.start, timezone=UTC),
+                DateTrigger(run_date=fire_at, timezone=UTC),
                 args=(occurrence.key,),
                 id=_OCCURRENCE + occurrence.key,
                 replace_existing=True,

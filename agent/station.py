@@ -23,7 +23,7 @@ from agent.core import strict
 from agent.core.clock import Clock
 from agent.core.codes import Code
 from agent.core.models import Command, Keyring, MediaRef, Playlist
-from agent.core.planner import Occurrence, occurrences, outranks
+from agent.core.planner import Occurrence, occurrences
 from agent.core.reports import (
     AsRun,
     Health,
@@ -37,7 +37,8 @@ from agent.core.verify import Accepted, Rejection, Verdict
 from agent.ingest import Ingestor
 from agent.link import Connected, Disconnected, Link, Received
 from agent.outbox import Outbox, OutboxError
-from agent.player import Player, PlayItem, PlayRequest, PlayResult
+from agent.player import Player, PlayItem, PlayResult
+from agent.programme import Outcome, Programme
 from agent.scheduler import MISFIRE_GRACE_S, Timers
 
 log = logging.getLogger("loa.station")
@@ -94,20 +95,27 @@ class Station:
     inbox: queue.Queue[Message] = field(default_factory=queue.Queue)
     # state owned by the runtime thread
     playlists: dict[tuple[str, str], Playlist] = field(default_factory=dict)
-    plan: dict[str, Occurrence] = field(default_factory=dict)
     session: int = 0
     # Report id -> monotonic time it was last sent; unacknowledged ones are sent again later.
     _published: dict[int, float] = field(default_factory=dict)
     _fetching: set[str] = field(default_factory=set)
     _data_version: int = -1
     _started_mono: float = 0.0
-    _playing: Occurrence | None = None
     _clock_offset: float | None = None
     _held: dict[str, bytes] = field(default_factory=dict)  # topic -> retained envelope
 
     def __post_init__(self) -> None:
         self.timers = Timers(lambda key: self.inbox.put(Fire(key)))
         self.player = self.player_factory(lambda result: self.inbox.put(PlayDone(result)))
+        self.programme = Programme(
+            self.clock,
+            self.player,
+            media_ready=lambda m: self.cache.has(m.sha256, m.bytes),
+            media_path=lambda m: PlayItem(m.name, m.sha256, self.cache.path_for(m.sha256)),
+            volume=self._volume,
+            report=self._asrun,
+            resume_window=timedelta(seconds=self.config.schedule.resume_window_s),
+        )
         self.link = self.link_factory(self.inbox.put) if self.link_factory else None
         self._fetch_queue: queue.Queue[MediaRef | None] = queue.Queue()
         self._fetcher = threading.Thread(target=self._fetch_loop, name="fetch", daemon=True)
@@ -120,7 +128,10 @@ class Station:
         self.player.close()  # safe-off: relays start in a known state
         self._fetcher.start()
         self._reload_playlists()
-        self._event("boot", None, f"agent {AGENT_VERSION} started", {"plan": len(self.plan)})
+        self._catch_up()
+        self._event(
+            "boot", None, f"agent {AGENT_VERSION} started", {"plan": len(self.programme.plan)}
+        )
         self.timers.every("heartbeat", self.config.reports.heartbeat_s, self._tick("heartbeat"))
         self.timers.every("replan", 3600, self._tick("replan"))
         self.timers.every("watch", 5, self._tick("watch"))
@@ -166,12 +177,13 @@ class Station:
             case Disconnected():
                 log.info("link down: %s", message.reason)
             case Fire():
-                self._on_fire(message.key)
+                self.programme.fire(message.key)
             case PlayDone():
-                self._on_play_done(message.result)
+                self.programme.done(message.result)
             case MediaDone():
                 self._on_media_done(message)
             case Tick(what="heartbeat"):
+                self.outbox.set_alive(self.clock.now())
                 self._heartbeat()
                 self._flush()
                 self._fetch_missing()
@@ -243,7 +255,7 @@ class Station:
 
     def _on_command(self, verdict: Accepted, command: Command) -> None:
         if command.action == "stop":
-            self.player.cut("partial", f"stopped by command {command.id}")
+            self.programme.stop_all(f"stopped by command {command.id}")
         elif command.action == "resync":
             self._on_connected(resync=True)
         else:
@@ -293,10 +305,21 @@ class Station:
         upcoming = occurrences(
             self.playlists.values(), now - timedelta(seconds=MISFIRE_GRACE_S), now + HORIZON
         )
-        self.plan = {o.key: o for o in upcoming}
-        if self._playing is not None:
-            self.plan.setdefault(self._playing.key, self._playing)
-        self.timers.replace_plan(upcoming, now)
+        overdue = now - timedelta(seconds=MISFIRE_GRACE_S)
+        self.programme.replace_plan(upcoming, overdue, self.outbox.was_reported)
+        # Timers fire early by the pre-roll (amplifier warm-up plus decoder start), so that the
+        # first sample reaches the sound card at the scheduled instant.
+        lead = self.config.audio.warmup_s + self.config.audio.decoder_lead_s
+        self.timers.replace_plan(upcoming, now, lead_s=lead)
+
+    def _catch_up(self) -> None:
+        """After a restart: join what is on air at the right offset, report what was missed."""
+        now = self.clock.now()
+        oldest = now - timedelta(days=self.config.schedule.lookback_days)
+        down_since = max(self.outbox.last_alive() or now, oldest)
+        past = occurrences(self.playlists.values(), down_since, now)
+        self.programme.catch_up(past, down_since, self.outbox.was_reported)
+        self.outbox.set_alive(now)
 
     def _check_clock_jump(self) -> None:
         """A wall clock that moved against the monotonic one (NTP step, a wrong RTC set right)
@@ -307,47 +330,6 @@ class Station:
             self._event("clock", "clock-jump", f"wall clock moved {jump:+.1f} s", {"jump_s": jump})
             self._replan()
         self._clock_offset = offset
-
-    def _on_fire(self, key: str) -> None:
-        occurrence = self.plan.get(key)
-        if occurrence is None:
-            return  # replaced by a newer playlist since the timer was set
-        missing = [m for m in occurrence.items if not self.cache.has(m.sha256, m.bytes)]
-        if missing:
-            self._fetch_missing()
-            self._asrun(occurrence, "failed", "media-missing", None)
-            return
-        current = self._playing
-        if current is not None and self.player.busy:
-            if not outranks(occurrence, current):
-                self._asrun(occurrence, "skipped", f"{current.slot_id} was playing", None)
-                return
-            self.player.cut("preempted", f"preempted by {occurrence.slot_id}")
-        self._start(occurrence)
-
-    def _start(self, occurrence: Occurrence) -> None:
-        volume = self._volume(occurrence)
-        deadline = None
-        if occurrence.end is not None:
-            left = (occurrence.end - self.clock.now()).total_seconds()
-            deadline = self.clock.monotonic() + max(0.0, left)
-        items = tuple(
-            PlayItem(m.name, m.sha256, self.cache.path_for(m.sha256)) for m in occurrence.items
-        )
-        self._playing = occurrence
-        self.player.play(
-            PlayRequest(
-                occurrence.key, items, occurrence.zones, volume / 100, occurrence.gap_s, deadline
-            )
-        )
-
-    def _on_play_done(self, result: PlayResult) -> None:
-        occurrence = self.plan.get(result.key) or self._playing
-        if self._playing is not None and self._playing.key == result.key:
-            self._playing = None
-        if occurrence is None or occurrence.key != result.key:
-            return
-        self._asrun(occurrence, result.outcome, result.reason, result)
 
     def _volume(self, occurrence: Occurrence) -> int:
         return (
@@ -387,9 +369,8 @@ class Station:
 
     # reports ---------------------------------------------------------------------------------
 
-    def _asrun(
-        self, occurrence: Occurrence, outcome: str, reason: str | None, result: PlayResult | None
-    ) -> None:
+    def _asrun(self, done: Outcome) -> None:
+        occurrence, last = done.occurrence, done.last
         record = AsRun(
             slot=occurrence.slot_id,
             stream=occurrence.stream_name,
@@ -397,20 +378,21 @@ class Station:
             media=",".join(m.name for m in occurrence.items),
             sha256=",".join(m.sha256 for m in occurrence.items),
             scheduled_at=occurrence.start,
-            started_at=result.started_at if result else None,
-            ended_at=result.ended_at if result else None,
-            played_s=result.played_s if result else 0.0,
-            outcome=outcome,
-            reason=reason,
+            started_at=done.started_at,
+            ended_at=last.ended_at if last else None,
+            played_s=done.played_s,
+            outcome=done.outcome,
+            reason=done.reason,
             zones=occurrence.zones,
             volume=self._volume(occurrence),
-            relay_ok=result.relay_ok if result else None,
-            amp_power_ok=result.amp_power_ok if result else None,
-            output_level_db=result.output_level_db if result else None,
+            relay_ok=last.relay_ok if last else None,
+            amp_power_ok=last.amp_power_ok if last else None,
+            output_level_db=last.output_level_db if last else None,
             clock_trusted=self.ingestor.trust()[0],
         )
         station, session, key = self.config.station, self.session, self.signing_key
         self._report("asrun", lambda seq: signed_asrun(station, seq, session, record, key))
+        self.outbox.mark_reported(occurrence.key, done.outcome, self.clock.now())
 
     def _event(
         self, event: str, code: str | None, detail: str, fields: dict[str, Any] | None = None

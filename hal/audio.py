@@ -5,10 +5,12 @@ Owns: the PCM format (s16le, 48 kHz, stereo) used end to end; the ``AudioSink`` 
 sound-card implementation (PyAudio) and a simulation implementation (one growing WAV file per
 station); streaming decoding through an ``ffmpeg`` subprocess; RMS levels in dBFS.
 
-Leaves to others: what to play and when (planner, player), the playback thread and preemption
-(player runtime: it pumps ``Decoder.chunks()`` into ``AudioSink.write`` and calls
-``Decoder.close()`` to cut a play short), relays (``hal.relays``), fetching and hashing media
-(cache).
+Leaves to others: what to play and when (planner, player), the playback thread, pre-roll and
+preemption (player runtime: it may ``Decoder.prime()`` ahead of the instant, pumps
+``Decoder.chunks()`` into ``AudioSink.write`` and calls ``Decoder.close()`` to cut a play
+short), loudness measurement (``agent.loudness``: the player passes its correction in as part
+of the gain), attention chimes (``hal.chimes``), relays (``hal.relays``), fetching and hashing
+media (cache).
 
 Every failure of the sound card, PortAudio or ffmpeg leaves this module as ``AudioError``; a
 misuse of the API (writing to a sink that is not open) is a plain ``RuntimeError``.
@@ -331,42 +333,110 @@ class Decoder:
     """Streams one media file as station PCM through an ``ffmpeg`` subprocess, ``chunk_frames``
     frames at a time, with ``gain`` (linear) applied by ffmpeg. Never holds the whole file.
 
+    ``start_s`` skips that many seconds of the medium (to resume or join a play late); a start
+    at or past the end gives no audio and no error.
+
+    Pre-roll: ``prime()`` starts ffmpeg and reads the first chunk ahead, so that ``chunks()``
+    hands it over at once when the instant comes; ``started`` is set as soon as a first chunk is
+    in hand, by ``prime()`` or by ``chunks()``. Priming is optional: iterating ``chunks()`` alone
+    does the same work on its first step, exactly as before.
+
     ``close()`` kills and reaps ffmpeg; it is idempotent and may be called from another thread
-    to cut a play short, in which case ``chunks()`` simply ends. A decoding failure (ffmpeg
-    exits non-zero: missing or corrupt file) raises ``AudioError`` carrying ffmpeg's message.
+    to cut a play short (or to abandon a pre-roll), in which case ``chunks()`` simply ends and
+    ``prime()`` returns. A decoding failure (ffmpeg exits non-zero: missing or corrupt file)
+    raises ``AudioError`` carrying ffmpeg's message, from ``prime()`` when it happens there and
+    again from ``chunks()``, so a caller that ignores one still meets it at the other.
     """
 
     def __init__(
-        self, path: Path, gain: float, *, ffmpeg: str = "ffmpeg", chunk_frames: int = 4800
+        self,
+        path: Path,
+        gain: float,
+        *,
+        start_s: float = 0.0,
+        ffmpeg: str = "ffmpeg",
+        chunk_frames: int = 4800,
     ) -> None:
         if not (math.isfinite(gain) and gain >= 0):
             raise ValueError(f"gain must be a finite number >= 0, got {gain!r}")
+        if not (math.isfinite(start_s) and start_s >= 0):
+            raise ValueError(f"start_s must be a finite number >= 0, got {start_s!r}")
         if chunk_frames <= 0:
             raise ValueError(f"chunk_frames must be positive, got {chunk_frames!r}")
         self.path = path
         self.gain = gain
+        self.start_s = start_s
         self.ffmpeg = ffmpeg
         self.chunk_frames = chunk_frames
+        self.started = threading.Event()
         self._proc: subprocess.Popen[bytes] | None = None
         self._stderr: IO[bytes] | None = None
-        self._started = False
+        self._stream_gen: Iterator[bytes] | None = None  # created by prime() or chunks()
+        self._primed: bytes | None = None  # the first chunk, read ahead by prime()
+        self._prime_error: AudioError | None = None
+        self._iterated = False
         self._closed = False
         # close() may race between the player's thread and the playback thread's own finally.
         self._close_lock = threading.Lock()
 
     def command(self) -> list[str]:
+        # The seek is an input option (-ss before -i): ffmpeg seeks in the container, then
+        # decodes and drops samples up to the exact instant (accurate_seek, on by default when
+        # transcoding since ffmpeg 2.1). Measured on a generated 60-minute MP3 (ffmpeg 5.1,
+        # 2-core Xeon), a start at 59:29 cost 0.11 s this way and 1.9 s as an output option
+        # (-ss after -i decodes and throws away everything before), and both put the first
+        # sample on the same sample, as they did for VBR MP3, AAC (MP4 and ADTS), Vorbis, Opus
+        # and WAV. A Pi is some ten times slower, so the output seek would cost tens of seconds
+        # late in a long file. The MP3 demuxer's Xing table of contents (-usetoc 1) is what made
+        # input seeks coarse in the past; it is off by default and must stay off: with it a
+        # start at 30:29 landed 12 ms late and one at 59:29 missed its mark by seconds.
+        seek = ["-ss", f"{self.start_s:.6f}"] if self.start_s > 0 else []
         return [
             self.ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error",
-            "-i", str(self.path), "-af", f"volume={self.gain:.6f}",
+            *seek, "-i", str(self.path), "-af", f"volume={self.gain:.6f}",
             "-f", "s16le", "-ac", str(CHANNELS), "-ar", str(SAMPLE_RATE), "-",
         ]  # fmt: skip
 
+    def prime(self) -> bool:
+        """Start ffmpeg and read the first chunk ahead; blocks until it is in hand (or the
+        stream ended, or ``close()`` was called). True when audio is ready to be written, False
+        when there is none (an empty medium, a start past its end, a closed decoder).
+
+        Idempotent; must come before ``chunks()``. Raises ``AudioError`` when ffmpeg cannot run
+        or fails before producing audio.
+        """
+        if self._iterated:
+            raise RuntimeError("Decoder.prime() must come before chunks()")
+        if self._stream_gen is None:
+            self._stream_gen = self._stream()
+            try:
+                self._primed = next(self._stream_gen, None)
+            except AudioError as exc:
+                self._prime_error = exc
+        if self._prime_error is not None:
+            raise self._prime_error
+        return self._primed is not None
+
     def chunks(self) -> Iterator[bytes]:
         """PCM in chunks of ``chunk_frames`` frames (the last one may be shorter)."""
-        if self._started:
+        if self._iterated:
             raise RuntimeError("Decoder.chunks() can be iterated only once")
-        self._started = True
-        return self._stream()
+        self._iterated = True
+        if self._stream_gen is None:
+            self._stream_gen = self._stream()
+        return self._replay(self._stream_gen)
+
+    def _replay(self, stream: Iterator[bytes]) -> Iterator[bytes]:
+        try:
+            if self._prime_error is not None:
+                raise self._prime_error
+            primed, self._primed = self._primed, None
+            if primed is not None and not self._closed:  # a close() after prime() plays nothing
+                yield primed
+            yield from stream
+        finally:
+            # Also when the consumer abandons this generator before reaching ``stream``.
+            self.close()
 
     def _start(self) -> subprocess.Popen[bytes]:
         # stderr goes to a file, not a pipe: a file cannot fill up and stall ffmpeg while we
@@ -404,6 +474,7 @@ class Decoder:
                     raise AudioError(f"reading from ffmpeg failed: {exc}") from exc
                 if not chunk:
                     break
+                self.started.set()
                 yield chunk
             returncode = proc.wait()
             if returncode != 0 and not self._closed:
@@ -423,6 +494,7 @@ class Decoder:
 
     def close(self) -> None:
         self._closed = True
+        self._primed = None
         with self._close_lock:
             proc, self._proc = self._proc, None
             stderr, self._stderr = self._stderr, None

@@ -65,18 +65,24 @@ class ScriptedSource:
 
 
 def make_player(
-    mock_pins: Any, clock: FakeClock, sink: RecordingSink, count: int | None, fail: bool = False
+    mock_pins: Any,
+    clock: FakeClock,
+    sink: RecordingSink,
+    count: int | None,
+    fail: bool = False,
+    amp_linger_s: float = 0,
 ) -> tuple[Player, queue.Queue[PlayResult], GpioRelays]:
     relays = GpioRelays(17, {"north": 27, "south": 22})
     done: queue.Queue[PlayResult] = queue.Queue()
     player = Player(
         relays,
         lambda: sink,
-        lambda path, gain: ScriptedSource(clock, count, fail),
+        lambda path, gain, start_s: ScriptedSource(clock, count, fail),
         clock,
         done.put,
         warmup_s=0,
         hold_s=0,
+        amp_linger_s=amp_linger_s,
     )
     return player, done, relays
 
@@ -135,4 +141,60 @@ def test_cut_preempts_within_a_chunk(mock_pins: Any, fake_clock: FakeClock) -> N
     assert (result.outcome, result.reason) == ("preempted", "preempted by emergency")
     assert not player.busy
     assert relays.states() == {"amp": False, "north": False, "south": False}
+    relays.close()
+
+
+def test_result_says_where_playback_stood(mock_pins: Any, fake_clock: FakeClock) -> None:
+    sink = RecordingSink()
+    player, done, relays = make_player(mock_pins, fake_clock, sink, count=None)
+    player.play(
+        PlayRequest("k", request(items=3).items, ("north",), 1.0, 0, None, start_item=1,
+                    start_offset_s=12.5)
+    )  # fmt: skip
+    assert sink.first_write.wait(10)
+    player.cut("preempted", "emergency")
+    result = done.get(timeout=10)
+    assert result.item == 1
+    assert result.item_offset_s >= 12.6  # the offset it started at plus what it played
+    relays.close()
+
+
+def test_pre_roll_waits_for_the_instant(mock_pins: Any, fake_clock: FakeClock) -> None:
+    sink = RecordingSink()
+    player, done, relays = make_player(mock_pins, fake_clock, sink, count=2)
+    started = threading.Event()
+
+    class Watch(RecordingSink):
+        def write(self, pcm: bytes) -> None:
+            started.set()
+            super().write(pcm)
+
+    watch = Watch()
+    player._open_sink = lambda: watch
+    # The instant is in the past on the fake monotonic clock: no wait, it plays at once…
+    player.play(PlayRequest("k", request().items, ("north",), 1.0, 0, None,
+                            start_at=fake_clock.monotonic() - 1))  # fmt: skip
+    assert done.get(timeout=10).outcome == "complete"
+    # …and with the instant ahead, the first write waits for it (cut while waiting: no audio).
+    player.play(PlayRequest("k2", request().items, ("north",), 1.0, 0, None,
+                            start_at=fake_clock.monotonic() + 3600))  # fmt: skip
+    player.cut("preempted", "emergency")
+    result = done.get(timeout=10)
+    # A player that ignored start_at would have written its two chunks and completed.
+    assert result.outcome == "preempted" and result.played_s == 0
+    assert len(watch.written) == 2  # only the first play wrote
+    relays.close()
+
+
+def test_amplifier_stays_on_between_close_items(mock_pins: Any, fake_clock: FakeClock) -> None:
+    sink = RecordingSink()
+    player, done, relays = make_player(mock_pins, fake_clock, sink, count=1, amp_linger_s=3600)
+    player.play(request())
+    done.get(timeout=10)
+    assert relays.states()["amp"] is True  # lingering: the next item needs no warm-up
+    player.play(request())
+    done.get(timeout=10)
+    assert [s.state for s in mock_pins.pin(17).states] == [0, 1]  # never dropped in between
+    player.close()
+    assert relays.states()["amp"] is False  # safe-off does not linger
     relays.close()

@@ -1,0 +1,223 @@
+"""The programme: which occurrence is on air, which waits to resume, and what each one came to.
+
+It carries out the arbiter's rules with the player: a higher-ranked occurrence cuts in (the one
+it interrupts waits and resumes where it stopped while its slot is open, else it is reported
+partial); a lower-ranked one that fires while another plays is skipped; an occurrence whose
+media is not ready fails with ``media-missing``; after a restart the station joins what is on
+at the right offset (partial) and reports what it missed. Runs on the runtime's thread only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from agent.core.arbiter import Position, advance, catch_up, closes_at
+from agent.core.clock import Clock
+from agent.core.models import MediaRef
+from agent.core.planner import Occurrence, outranks
+from agent.player import Player, PlayItem, PlayRequest, PlayResult
+
+
+@dataclass
+class Segment:
+    """An occurrence that has started and is not reported yet (possibly across interruptions)."""
+
+    occurrence: Occurrence
+    position: Position
+    played_s: float = 0.0
+    started_at: datetime | None = None
+    interrupted_by: str | None = None
+    joined_late: bool = False
+    last: PlayResult | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What to report for an occurrence: the as-run's outcome, reason and measured facts."""
+
+    occurrence: Occurrence
+    outcome: str
+    reason: str | None
+    played_s: float = 0.0
+    started_at: datetime | None = None
+    last: PlayResult | None = None
+
+
+class Programme:
+    def __init__(
+        self,
+        clock: Clock,
+        player: Player,
+        *,
+        media_ready: Callable[[MediaRef], bool],
+        media_path: Callable[[MediaRef], PlayItem],
+        volume: Callable[[Occurrence], int],
+        report: Callable[[Outcome], None],
+        resume_window: timedelta,
+    ) -> None:
+        self._clock = clock
+        self._player = player
+        self._media_ready = media_ready
+        self._media_path = media_path
+        self._volume = volume
+        self._report = report
+        self._resume_window = resume_window
+        self.plan: dict[str, Occurrence] = {}
+        self.segments: dict[str, Segment] = {}
+        self.on_air: str | None = None
+
+    @property
+    def playing(self) -> Occurrence | None:
+        segment = self.segments.get(self.on_air or "")
+        return segment.occurrence if segment else None
+
+    # schedule ----------------------------------------------------------------------------------
+
+    def replace_plan(
+        self,
+        upcoming: Iterable[Occurrence],
+        overdue_before: datetime,
+        reported: Callable[[str], bool],
+    ) -> None:
+        """Take a new plan; occurrences of the old one whose time passed unplayed (a clock
+        jump, a busy machine) are reported missed, never played late in a burst."""
+        for occurrence in self.plan.values():
+            if (
+                occurrence.start < overdue_before
+                and occurrence.key not in self.segments
+                and not reported(occurrence.key)
+            ):
+                self._report(Outcome(occurrence, "missed", "its time passed before it could play"))
+        self.plan = {o.key: o for o in upcoming}
+        for segment in self.segments.values():
+            self.plan.setdefault(segment.occurrence.key, segment.occurrence)
+
+    def catch_up(
+        self, plan: Iterable[Occurrence], down_since: datetime, reported: Callable[[str], bool]
+    ) -> None:
+        """After a restart: report what was missed, join what is on."""
+        now = self._clock.now()
+        candidates = [o for o in plan if not reported(o.key)]
+        result = catch_up(candidates, now, down_since, set(), self._resume_window)
+        for occurrence in result.missed:
+            self._report(Outcome(occurrence, "missed", "the station was not running"))
+        if result.join is not None:
+            occurrence, position = result.join
+            if all(self._media_ready(m) for m in occurrence.items):
+                segment = Segment(occurrence, position, joined_late=True)
+                self.plan.setdefault(occurrence.key, occurrence)
+                self._start(segment, start_at=None)
+            else:
+                self._report(Outcome(occurrence, "failed", "media-missing"))
+
+    # events ------------------------------------------------------------------------------------
+
+    def fire(self, key: str) -> None:
+        occurrence = self.plan.get(key)
+        if occurrence is None or key in self.segments:
+            return  # replaced by a newer playlist since the timer was set, or already on
+        if not all(self._media_ready(m) for m in occurrence.items):
+            self._report(Outcome(occurrence, "failed", "media-missing"))
+            return
+        current = self.playing
+        if current is not None and self._player.busy:
+            if not outranks(occurrence, current):
+                self._report(Outcome(occurrence, "skipped", f"{current.slot_id} was on air"))
+                return
+            self.segments[current.key].interrupted_by = occurrence.slot_id
+            self._player.cut("preempted", f"preempted by {occurrence.slot_id}")
+        start_at = None
+        ahead = (occurrence.start - self._clock.now()).total_seconds()
+        if ahead > 0:  # fired early for pre-roll: the first sample is due at the start
+            start_at = self._clock.monotonic() + ahead
+        self._start(Segment(occurrence, Position(0, 0.0)), start_at)
+
+    def done(self, result: PlayResult) -> None:
+        segment = self.segments.get(result.key)
+        if segment is None:
+            return
+        segment.played_s += result.played_s
+        segment.started_at = segment.started_at or result.started_at
+        segment.last = result
+        if self.on_air == result.key:
+            self.on_air = None
+        if result.outcome == "preempted":
+            position = advance(segment.occurrence, Position(result.item, result.item_offset_s), 0)
+            if position is not None:
+                segment.position = position
+                return  # waits for the cut-in to end
+            self._finish(segment, "complete", None)
+        else:
+            self._finish(segment, result.outcome, result.reason)
+        if not self._player.busy and self.on_air is None:
+            self._resume_interrupted()
+
+    def stop_all(self, reason: str) -> None:
+        """A stop command: the programme on air and whatever waits to resume are over."""
+        self._player.cut("partial", reason)
+        for segment in list(self.segments.values()):
+            if segment.occurrence.key != self.on_air:
+                self._finish(segment, "partial", reason)
+
+    # internals ---------------------------------------------------------------------------------
+
+    def _resume_interrupted(self) -> None:
+        now = self._clock.now()
+        waiting = sorted(
+            self.segments.values(),
+            key=lambda s: (-s.occurrence.priority, -s.occurrence.locality, s.occurrence.start),
+        )
+        for segment in waiting:
+            closes = closes_at(segment.occurrence, self._resume_window)
+            if self.on_air is None and (closes is None or now < closes):
+                self._start(segment, start_at=None)
+            else:
+                self._finish(
+                    segment,
+                    "partial",
+                    f"preempted by {segment.interrupted_by}; "
+                    "the slot closed before it could resume",
+                )
+
+    def _start(self, segment: Segment, start_at: float | None) -> None:
+        occurrence = segment.occurrence
+        deadline = None
+        if occurrence.end is not None:
+            left = (occurrence.end - self._clock.now()).total_seconds()
+            deadline = self._clock.monotonic() + max(0.0, left)
+        self.segments[occurrence.key] = segment
+        self.on_air = occurrence.key
+        self._player.play(
+            PlayRequest(
+                key=occurrence.key,
+                items=tuple(self._media_path(m) for m in occurrence.items),
+                zones=occurrence.zones,
+                gain=self._volume(occurrence) / 100,
+                gap_s=occurrence.gap_s,
+                deadline=deadline,
+                start_item=segment.position.item,
+                start_offset_s=segment.position.offset_s,
+                start_at=start_at,
+            )
+        )
+
+    def _finish(self, segment: Segment, outcome: str, reason: str | None) -> None:
+        self.segments.pop(segment.occurrence.key, None)
+        if outcome == "complete" and segment.joined_late:
+            outcome, reason = "partial", "joined late after a restart"
+        elif outcome == "complete" and segment.interrupted_by:
+            reason = f"interrupted by {segment.interrupted_by}, resumed"
+        elif outcome == "partial" and segment.played_s == 0 and segment.interrupted_by:
+            outcome = "preempted"
+        self._report(
+            Outcome(
+                segment.occurrence,
+                outcome,
+                reason,
+                segment.played_s,
+                segment.started_at,
+                segment.last,
+            )
+        )

@@ -1,0 +1,170 @@
+"""The programme with a real Player on fakes: preemption and resume, skips, missing media,
+closed slots, catch-up after a restart and overdue occurrences. Results are pumped by hand
+from the player's queue, as the runtime's loop would."""
+
+from __future__ import annotations
+
+import queue
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from agent.core.models import MediaRef, Playlist
+from agent.core.planner import Occurrence, occurrences
+from agent.player import Player, PlayItem, PlayResult
+from agent.programme import Outcome, Programme
+from hal.relays import GpioRelays
+from tests.harness.clock import FakeClock
+from tests.harness.trust import playlist_body
+from tests.unit.test_player import RecordingSink, ScriptedSource
+
+WINDOW = timedelta(minutes=15)
+
+
+def occ(slot: str, start: str, priority: int = 50, seconds: float = 60, name: str = "a",
+        end: str | None = None) -> Occurrence:  # fmt: skip
+    slot_doc: dict[str, Any] = {"id": slot, "start": start, "days": ["sun"], "items": [name],
+                                "priority": priority}  # fmt: skip
+    if end:
+        slot_doc["end"] = end
+    media = {name: {"url": f"https://m.example.vn/{name}.mp3", "sha256": "ab" * 32,
+                    "bytes": 100, "duration_s": seconds}}  # fmt: skip
+    doc = playlist_body(media=media, slots=[slot_doc])
+    day = datetime(2026, 11, 21, 12, tzinfo=UTC)  # Saturday 19:00 in Hanoi
+    return occurrences([Playlist.from_body(doc)], day, day + timedelta(days=2))[0]
+
+
+class Rig:
+    def __init__(self, mock_pins: Any, clock: FakeClock, ready: bool = True) -> None:
+        self.results: queue.Queue[PlayResult] = queue.Queue()
+        self.reported: list[Outcome] = []
+        self.relays = GpioRelays(17, {"north": 27})
+        self.sink = RecordingSink()
+
+        def source(path: Path, gain: float, start_s: float) -> ScriptedSource:
+            # media named "long…" never ends by itself; others play three chunks
+            return ScriptedSource(clock, None if path.name.startswith("long") else 3)
+
+        self.player = Player(self.relays, lambda: self.sink, source, clock, self.results.put,
+                             warmup_s=0, hold_s=0)  # fmt: skip
+        self.programme = Programme(
+            clock, self.player,
+            media_ready=lambda m: ready,
+            media_path=lambda m: PlayItem(m.name, m.sha256, Path(m.name)),
+            volume=lambda o: 80,
+            report=self.reported.append,
+            resume_window=WINDOW,
+        )  # fmt: skip
+
+    def pump(self) -> PlayResult:
+        result = self.results.get(timeout=10)
+        self.programme.done(result)
+        return result
+
+    def outcomes(self) -> list[tuple[str, str, str | None]]:
+        return [(o.occurrence.slot_id, o.outcome, o.reason) for o in self.reported]
+
+    def close(self) -> None:
+        self.player.close()
+        self.relays.close()
+
+
+def at(clock: FakeClock, occurrence: Occurrence, seconds: float = 0) -> None:
+    clock.set_wall(occurrence.start + timedelta(seconds=seconds))
+
+
+def test_preempted_item_resumes_where_it_stopped(mock_pins: Any, fake_clock: FakeClock) -> None:
+    rig = Rig(mock_pins, fake_clock)
+    low = occ("news", "06:00", 50, name="long-news", seconds=600)
+    high = occ("alert", "06:01", 60)
+    rig.programme.replace_plan([low, high], low.start, lambda k: False)
+    at(fake_clock, low)
+    rig.programme.fire(low.key)
+    assert rig.sink.first_write.wait(10)
+    at(fake_clock, high)
+    rig.programme.fire(high.key)  # cuts in
+    cut = rig.pump()
+    assert cut.key == low.key and cut.outcome == "preempted"
+    assert rig.reported == []  # the interrupted news waits, it is not over
+    finished = rig.pump()
+    assert finished.key == high.key
+    assert rig.outcomes() == [("alert", "complete", None)]
+    assert rig.player.current is not None and rig.player.current.key == low.key
+    assert rig.player.current.start_item == 0
+    assert rig.player.current.start_offset_s >= cut.item_offset_s > 0
+    rig.player.cut("partial", "test over")
+    rig.pump()
+    assert rig.outcomes()[-1][:2] == ("news", "partial")
+    rig.close()
+
+
+def test_lower_priority_is_skipped(mock_pins: Any, fake_clock: FakeClock) -> None:
+    rig = Rig(mock_pins, fake_clock)
+    high = occ("alert", "06:00", 60, name="long-alert")
+    low = occ("music", "06:01", 10)
+    rig.programme.replace_plan([high, low], high.start, lambda k: False)
+    rig.programme.fire(high.key)
+    assert rig.sink.first_write.wait(10)
+    rig.programme.fire(low.key)
+    assert rig.outcomes() == [("music", "skipped", "alert was on air")]
+    rig.close()
+
+
+def test_media_not_ready_fails(mock_pins: Any, fake_clock: FakeClock) -> None:
+    rig = Rig(mock_pins, fake_clock, ready=False)
+    news = occ("news", "06:00")
+    rig.programme.replace_plan([news], news.start, lambda k: False)
+    rig.programme.fire(news.key)
+    assert rig.outcomes() == [("news", "failed", "media-missing")]
+    assert not rig.player.busy
+    rig.close()
+
+
+def test_interrupted_slot_that_closed_is_partial(mock_pins: Any, fake_clock: FakeClock) -> None:
+    rig = Rig(mock_pins, fake_clock)
+    low = occ("news", "06:00", 50, name="long-news", end="06:02")
+    high = occ("alert", "06:01", 60)
+    rig.programme.replace_plan([low, high], low.start, lambda k: False)
+    at(fake_clock, low)
+    rig.programme.fire(low.key)
+    assert rig.sink.first_write.wait(10)
+    at(fake_clock, high)
+    rig.programme.fire(high.key)
+    rig.pump()  # the news, cut
+    at(fake_clock, low, 180)  # the alert ends after the news slot's end
+    rig.pump()
+    assert [o[:2] for o in rig.outcomes()] == [("alert", "complete"), ("news", "partial")]
+    assert "closed" in (rig.outcomes()[1][2] or "")
+    rig.close()
+
+
+def test_restart_joins_what_is_on_and_reports_what_was_missed(
+    mock_pins: Any, fake_clock: FakeClock
+) -> None:
+    rig = Rig(mock_pins, fake_clock)
+    missed = occ("early", "05:00", seconds=60)
+    on_now = occ("news", "05:58", seconds=600)
+    at(fake_clock, on_now, 120)
+    rig.programme.catch_up([missed, on_now], missed.start - timedelta(hours=1), lambda k: False)
+    assert rig.outcomes() == [("early", "missed", "the station was not running")]
+    assert rig.player.current is not None and rig.player.current.start_offset_s == 120
+    rig.pump()
+    assert rig.outcomes()[-1] == ("news", "partial", "joined late after a restart")
+    rig.close()
+
+
+def test_overdue_occurrences_are_missed_never_played_late(
+    mock_pins: Any, fake_clock: FakeClock
+) -> None:
+    rig = Rig(mock_pins, fake_clock)
+    news = occ("news", "06:00")
+    rig.programme.replace_plan([news], news.start - timedelta(hours=1), lambda k: False)
+    # The clock jumps an hour ahead: the next plan no longer holds the news.
+    rig.programme.replace_plan([], news.start + timedelta(hours=1), lambda k: False)
+    assert rig.outcomes() == [("news", "missed", "its time passed before it could play")]
+    assert not rig.player.busy
+    rig.close()
+
+
+def test_media_ref_is_what_the_programme_plays() -> None:
+    assert MediaRef.__slots__  # the programme hands MediaRef to media_ready/media_path
