@@ -8,6 +8,7 @@ history beside the WAV file for whoever wants to see what the relays did.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
@@ -27,7 +28,9 @@ from agent.player import Player, PlayResult
 from agent.station import Station
 from agent.trust_store import TrustStore
 from hal.audio import Decoder, open_sink
+from hal.capture import CaptureError, PyAudioProbe
 from hal.files import atomic_write
+from hal.inputs import HealthInputs, InputChange
 from hal.relays import GpioRelays, pin_history, use_mock_pins
 
 log = logging.getLogger("loa.app")
@@ -44,7 +47,9 @@ def build_station(config: Config, clock: Clock) -> tuple[Station, Callable[[], N
     )
     wav = config.audio.wav or config.paths.state / "speaker.wav"
 
-    def player(on_done: Callable[[PlayResult], None]) -> Player:
+    probe = _open_probe(config)
+
+    def player(on_done: Callable[[PlayResult], None], on_silence: Callable[[str], None]) -> Player:
         return Player(
             relays,
             lambda: open_sink(config.audio.output, config.audio.device, wav),
@@ -54,7 +59,26 @@ def build_station(config: Config, clock: Clock) -> tuple[Station, Callable[[], N
             warmup_s=config.audio.warmup_s,
             hold_s=config.audio.hold_s,
             amp_linger_s=config.audio.amp_linger_s,
+            probe=probe,
+            silence=(config.capture.silence_threshold_dbfs, config.capture.silence_after_s),
+            on_silence=on_silence,
         )
+
+    inputs_factory = None
+    if config.inputs.pins:
+
+        def inputs_factory(deliver: Callable[[InputChange], None]) -> HealthInputs:
+            inputs = HealthInputs(
+                config.inputs.pins,
+                deliver,
+                active_high=config.inputs.active_high,
+                bounce_s=config.inputs.bounce_s,
+            )
+            if factory is not None:  # simulated inputs read "present", as on a healthy station
+                for pin in config.inputs.pins.values():
+                    mock = factory.pin(pin)
+                    (mock.drive_high if config.inputs.active_high else mock.drive_low)()
+            return inputs
 
     link_factory = None
     if config.broker.urls:
@@ -82,10 +106,14 @@ def build_station(config: Config, clock: Clock) -> tuple[Station, Callable[[], N
         player_factory=player,
         signing_key=keyfiles.load_private(config.paths.signing_key),
         link_factory=link_factory,
+        inputs_factory=inputs_factory,
     )
 
     def cleanup() -> None:
         relays.close()
+        if probe is not None:
+            with contextlib.suppress(CaptureError):
+                probe.close()
         if factory is not None:
             _write_pin_history(factory, config.paths.state / "sim-pins.json")
             factory.reset()
@@ -93,6 +121,20 @@ def build_station(config: Config, clock: Clock) -> tuple[Station, Callable[[], N
         store.close()
 
     return station, cleanup
+
+
+def _open_probe(config: Config) -> PyAudioProbe | None:
+    """The input channel, if configured; a card that fails to open never stops the station
+    from playing: it runs without proof of sound and says so."""
+    if not config.capture.device:
+        return None
+    probe = PyAudioProbe(config.capture.device)
+    try:
+        probe.open()
+    except CaptureError as exc:
+        log.error("input channel unavailable, playing without measuring: %s", exc)
+        return None
+    return probe
 
 
 def _write_pin_history(factory: Any, path: Path) -> None:

@@ -91,6 +91,24 @@ class ReportsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class InputsConfig:
+    """Health inputs on GPIO (BCM pins): mains present, amplifier power good, speaker line."""
+
+    pins: Mapping[str, int] = field(default_factory=dict)
+    active_high: bool = True
+    bounce_s: float = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureConfig:
+    """An input channel that hears the amplifier output (line-in tap or microphone)."""
+
+    device: str | None = None  # None: no input channel, the level reported is the digital one
+    silence_threshold_dbfs: float = -50.0
+    silence_after_s: float = 3.0
+
+
+@dataclass(frozen=True, slots=True)
 class ScheduleConfig:
     resume_window_s: float = 900.0  # an interrupted slot without `end` may finish this late
     lookback_days: float = 7.0  # after a restart, missed occurrences are reported this far back
@@ -110,6 +128,8 @@ class Config:
     media: MediaConfig = field(default_factory=MediaConfig)
     reports: ReportsConfig = field(default_factory=ReportsConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    inputs: InputsConfig = field(default_factory=InputsConfig)
+    capture: CaptureConfig = field(default_factory=CaptureConfig)
     sim: bool = False  # LOA_HAL=sim: gpiozero MockFactory, audio to a WAV file by default
 
 
@@ -209,6 +229,32 @@ def load_config(text: str, env: Mapping[str, str], base_dir: Path) -> Config:
         decoder_lead_s=_number(audio_t, "decoder_lead_s", 0.5, "audio", 0, 10),
         amp_linger_s=_number(audio_t, "amp_linger_s", 10.0, "audio", 0, 3600),
     )
+    inputs_t = _table(doc, "inputs")
+    input_pins: dict[str, int] = {}
+    for name in ("mains", "amp_power", "speaker_line"):
+        if name in inputs_t:
+            pin = inputs_t[name]
+            if not _is_pin(pin):
+                raise ConfigError(f"inputs.{name} must be a BCM pin number 0..53, got {pin!r}")
+            if pin in zones.values() or pin == amp_pin:
+                raise ConfigError(f"inputs.{name}: pin {pin} already drives a relay")
+            input_pins[name] = pin
+    inputs = InputsConfig(
+        pins=input_pins,
+        active_high=_typed(inputs_t, "active_high", bool, True, "inputs"),
+        bounce_s=_number(inputs_t, "bounce_s", 0.05, "inputs", 0, 1),
+    )
+    capture_t = _table(doc, "capture")
+    device = capture_t.get("device")
+    if device is not None and not isinstance(device, str):
+        raise ConfigError("capture.device must be the name of an input device")
+    capture = CaptureConfig(
+        device=device,
+        silence_threshold_dbfs=_number(
+            capture_t, "silence_threshold_dbfs", -50.0, "capture", -120, 0
+        ),
+        silence_after_s=_number(capture_t, "silence_after_s", 3.0, "capture", 2, 60),
+    )
     schedule_t = _table(doc, "schedule")
     schedule = ScheduleConfig(
         resume_window_s=_number(schedule_t, "resume_window_s", 900.0, "schedule", 0, 86400),
@@ -242,6 +288,8 @@ def load_config(text: str, env: Mapping[str, str], base_dir: Path) -> Config:
         media=media,
         reports=reports,
         schedule=schedule,
+        inputs=inputs,
+        capture=capture,
         sim=sim,
     )
 

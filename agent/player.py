@@ -25,6 +25,7 @@ from typing import Protocol
 
 from agent.core.clock import Clock
 from hal.audio import CHANNELS, SAMPLE_RATE, SAMPLE_WIDTH, AudioError, AudioSink, LevelMeter
+from hal.capture import LevelProbe, SilenceWatch
 from hal.relays import RelayError, Relays
 
 FRAME_BYTES = CHANNELS * SAMPLE_WIDTH
@@ -74,6 +75,8 @@ class PlayResult:
     output_level_db: float | None
     item: int  # where playback stood when it ended: item index…
     item_offset_s: float  # …and seconds into it (to resume an interrupted occurrence)
+    silent: bool = False  # the input channel heard nothing while it should have
+    level_source: str = "digital"  # "measured" when an input channel heard the output
 
 
 class Player:
@@ -88,7 +91,13 @@ class Player:
         warmup_s: float,
         hold_s: float,
         amp_linger_s: float = 0.0,
+        probe: LevelProbe | None = None,
+        silence: tuple[float, float] = (-50.0, 3.0),  # threshold dBFS, seconds
+        on_silence: Callable[[str], None] | None = None,
     ) -> None:
+        self._probe = probe
+        self._silence = silence
+        self._on_silence = on_silence
         self._relays = relays
         self._open_sink = open_sink
         self._decoder = decoder
@@ -188,6 +197,10 @@ class Player:
         outcome, reason = "complete", None
         relay_ok: bool | None = None
         amp_ok: bool | None = None
+        watch = SilenceWatch(*self._silence)
+        silent = False
+        measured: float | None = None
+        probing = False
         try:
             warm = self._amp_up()
             amp_ok = self._relays.states().get("amp")
@@ -221,14 +234,30 @@ class Player:
                                 break
                             if started_at is None:
                                 started_at = self._clock.now()
+                                if self._probe is not None:
+                                    self._probe.start()
+                                    probing = True
+                            watch.arm()
                             sink.write(chunk)
+                            if (
+                                probing
+                                and self._probe is not None
+                                and not silent
+                                and watch.observe(self._clock.monotonic(), self._probe.level_now())
+                            ):
+                                silent = True
+                                if self._on_silence is not None:
+                                    self._on_silence(request.key)
                             meter.add(chunk)
                             frames += len(chunk) // FRAME_BYTES
                             item_frames += len(chunk) // FRAME_BYTES
+                    watch.disarm()  # gaps between items are meant to be quiet
                     if cut.is_set() or outcome != "complete":
                         break
             finally:
                 sink.close()
+                if probing and self._probe is not None:
+                    measured = self._probe.stop()
             if cut.is_set():
                 outcome, reason = self._cut_reason
             elif self._hold_s:
@@ -254,9 +283,11 @@ class Player:
                     reason=reason,
                     relay_ok=relay_ok,
                     amp_power_ok=amp_ok,
-                    output_level_db=meter.dbfs(),
+                    output_level_db=measured if probing else meter.dbfs(),
                     item=item,
                     item_offset_s=first_offset + item_frames / SAMPLE_RATE,
+                    silent=silent,
+                    level_source="measured" if probing else "digital",
                 )
             )
 

@@ -40,6 +40,7 @@ from agent.outbox import Outbox, OutboxError
 from agent.player import Player, PlayItem, PlayResult
 from agent.programme import Outcome, Programme
 from agent.scheduler import MISFIRE_GRACE_S, Timers
+from hal.inputs import InputChange, Inputs
 
 log = logging.getLogger("loa.station")
 AGENT_VERSION = "0.1.0"
@@ -79,7 +80,30 @@ class Stop:
     reason: str
 
 
-Message = Received | Connected | Disconnected | Fire | PlayDone | MediaDone | Tick | Stop
+@dataclass(frozen=True, slots=True)
+class Silent:
+    key: str  # the occurrence that should be sounding but is not
+
+
+INPUT_EVENTS = {  # input name -> (event code when lost, when back)
+    "mains": ("mains-lost", "mains-restored"),
+    "amp_power": ("amp-power-lost", "amp-power-restored"),
+    "speaker_line": ("speaker-line-fault", "speaker-line-restored"),
+}
+
+
+Message = (
+    Received
+    | Connected
+    | Disconnected
+    | Fire
+    | PlayDone
+    | MediaDone
+    | Tick
+    | Stop
+    | InputChange
+    | Silent
+)
 
 
 @dataclass
@@ -89,9 +113,10 @@ class Station:
     ingestor: Ingestor
     outbox: Outbox
     cache: MediaCache
-    player_factory: Callable[[Callable[[PlayResult], None]], Player]
+    player_factory: Callable[[Callable[[PlayResult], None], Callable[[str], None]], Player]
     signing_key: Ed25519PrivateKey
     link_factory: Callable[[Callable[[Any], None]], Link] | None = None
+    inputs_factory: Callable[[Callable[[InputChange], None]], Inputs] | None = None
     inbox: queue.Queue[Message] = field(default_factory=queue.Queue)
     # state owned by the runtime thread
     playlists: dict[tuple[str, str], Playlist] = field(default_factory=dict)
@@ -106,7 +131,11 @@ class Station:
 
     def __post_init__(self) -> None:
         self.timers = Timers(lambda key: self.inbox.put(Fire(key)))
-        self.player = self.player_factory(lambda result: self.inbox.put(PlayDone(result)))
+        self.player = self.player_factory(
+            lambda result: self.inbox.put(PlayDone(result)),
+            lambda key: self.inbox.put(Silent(key)),
+        )
+        self.inputs = self.inputs_factory(self.inbox.put) if self.inputs_factory else None
         self.programme = Programme(
             self.clock,
             self.player,
@@ -154,6 +183,8 @@ class Station:
     def _shutdown(self) -> None:
         self.timers.stop()
         self.player.close()
+        if self.inputs is not None:
+            self.inputs.close()
         self._fetch_queue.put(None)
         if self.link is not None:
             offline = {
@@ -182,6 +213,13 @@ class Station:
                 self.programme.done(message.result)
             case MediaDone():
                 self._on_media_done(message)
+            case InputChange():
+                self._on_input(message)
+            case Silent():
+                playing = self.programme.playing
+                slot = playing.slot_id if playing else None
+                self._event("hw", "output-silent", "the input channel hears nothing while on air",
+                            {"slot": slot, "key": message.key})  # fmt: skip
             case Tick(what="heartbeat"):
                 self.outbox.set_alive(self.clock.now())
                 self._heartbeat()
@@ -331,6 +369,18 @@ class Station:
             self._replan()
         self._clock_offset = offset
 
+    def _on_input(self, change: InputChange) -> None:
+        """A health input changed (gpiozero's thread only enqueued it): say so at once."""
+        lost, back = INPUT_EVENTS.get(change.name, (f"{change.name}-off", f"{change.name}-on"))
+        playing = self.programme.playing
+        self._event(
+            "hw" if change.name != "mains" else "power",
+            back if change.value else lost,
+            f"{change.name} is {'present' if change.value else 'absent'}",
+            {"input": change.name, "value": change.value,
+             "slot": playing.slot_id if playing else None},
+        )  # fmt: skip
+
     def _volume(self, occurrence: Occurrence) -> int:
         return (
             occurrence.volume if occurrence.volume is not None else self.config.audio.default_volume
@@ -386,13 +436,21 @@ class Station:
             zones=occurrence.zones,
             volume=self._volume(occurrence),
             relay_ok=last.relay_ok if last else None,
-            amp_power_ok=last.amp_power_ok if last else None,
+            amp_power_ok=self._amp_power_ok(last),
             output_level_db=last.output_level_db if last else None,
             clock_trusted=self.ingestor.trust()[0],
         )
         station, session, key = self.config.station, self.session, self.signing_key
         self._report("asrun", lambda seq: signed_asrun(station, seq, session, record, key))
         self.outbox.mark_reported(occurrence.key, done.outcome, self.clock.now())
+
+    def _amp_power_ok(self, last: PlayResult | None) -> bool | None:
+        """The relay's read-back, and the amplifier's own power-good input where there is one."""
+        relay = last.amp_power_ok if last else None
+        if self.inputs is None or "amp_power" not in self.inputs.states():
+            return relay
+        sensed = self.inputs.states()["amp_power"]
+        return sensed if relay is None else relay and sensed
 
     def _event(
         self, event: str, code: str | None, detail: str, fields: dict[str, Any] | None = None
@@ -462,6 +520,9 @@ class Station:
             },
             link={"session": self.session, "connected": bool(self.link and self.link.connected)},
             outbox=self.outbox.backlog(),
-            hw={},
+            hw={
+                "inputs": self.inputs.states() if self.inputs else None,
+                "level": "measured" if self.config.capture.device else "digital",
+            },
             alerts=alerts,
         )
