@@ -49,6 +49,7 @@ __all__ = [
     "gain_db",
     "measure",
     "measure_lufs",
+    "parse_summary",
 ]
 
 log = logging.getLogger("loa.loudness")

@@ -341,11 +341,12 @@ class Decoder:
     in hand, by ``prime()`` or by ``chunks()``. Priming is optional: iterating ``chunks()`` alone
     does the same work on its first step, exactly as before.
 
-    ``close()`` kills and reaps ffmpeg; it is idempotent and may be called from another thread
-    to cut a play short (or to abandon a pre-roll), in which case ``chunks()`` simply ends and
-    ``prime()`` returns. A decoding failure (ffmpeg exits non-zero: missing or corrupt file)
-    raises ``AudioError`` carrying ffmpeg's message, from ``prime()`` when it happens there and
-    again from ``chunks()``, so a caller that ignores one still meets it at the other.
+    ``prime()`` and ``chunks()`` belong to one thread (the playback thread). ``close()`` kills
+    and reaps ffmpeg; it is idempotent and may be called from another thread to cut a play short
+    (or to abandon a pre-roll), in which case ``chunks()`` simply ends and ``prime()`` returns.
+    A decoding failure (ffmpeg exits non-zero: missing or corrupt file) raises ``AudioError``
+    carrying ffmpeg's message, from ``prime()`` when it happens there and again from
+    ``chunks()``, so a caller that ignores one still meets it at the other.
     """
 
     def __init__(
@@ -386,10 +387,11 @@ class Decoder:
         # 2-core Xeon), a start at 59:29 cost 0.11 s this way and 1.9 s as an output option
         # (-ss after -i decodes and throws away everything before), and both put the first
         # sample on the same sample, as they did for VBR MP3, AAC (MP4 and ADTS), Vorbis, Opus
-        # and WAV. A Pi is some ten times slower, so the output seek would cost tens of seconds
-        # late in a long file. The MP3 demuxer's Xing table of contents (-usetoc 1) is what made
-        # input seeks coarse in the past; it is off by default and must stay off: with it a
-        # start at 30:29 landed 12 ms late and one at 59:29 missed its mark by seconds.
+        # and WAV. A Pi is several times slower (not measured here), so the output seek would
+        # cost tens of seconds late in a long file. The MP3 demuxer's Xing table of contents
+        # (-usetoc 1) is what made input seeks coarse in the past; it is off by default and
+        # must stay off: with it a start at 30:29 landed 12 ms late and one at 59:29 missed its
+        # mark by seconds.
         seek = ["-ss", f"{self.start_s:.6f}"] if self.start_s > 0 else []
         return [
             self.ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error",

@@ -7,6 +7,8 @@ The ALSA file sink captures exactly what PyAudio wrote but is not paced (a secon
 
 from __future__ import annotations
 
+import itertools
+import math
 import os
 import random
 import subprocess
@@ -14,6 +16,8 @@ import sys
 import threading
 import time
 import wave
+from array import array
+from collections.abc import Generator
 from pathlib import Path
 
 import pytest
@@ -213,5 +217,219 @@ def test_close_from_another_thread_unblocks_a_waiting_reader(tmp_path: Path) -> 
 def test_close_before_start_plays_nothing(tone: Path) -> None:
     decoder = Decoder(tone, GAIN)
     decoder.close()
+    assert list(decoder.chunks()) == []
+    assert ffmpeg_children() == []
+
+
+# --- Seeking --------------------------------------------------------------------------------
+
+
+def decode_all(decoder: Decoder) -> bytes:
+    with decoder:
+        return b"".join(decoder.chunks())
+
+
+def onset_s(pcm: bytes, threshold: int = 8000) -> float | None:
+    """Seconds into station PCM where the left channel first exceeds ``threshold``."""
+    samples = array("h", pcm)
+    if sys.byteorder == "big":
+        samples.byteswap()
+    for index, sample in enumerate(samples[::2]):
+        if abs(sample) > threshold:
+            return index / 48000
+    return None
+
+
+def make_beep_minute(path: Path, fmt: str = "mp3") -> None:
+    """One minute of silence with a 1 kHz beep (half scale) from 30.0 s to 30.5 s."""
+    subprocess.run(
+        [
+            "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
+            "-f", "lavfi", "-i", "sine=frequency=1000:duration=60:sample_rate=48000",
+            "-af", "volume=4,volume=enable='not(between(t,30,30.5))':volume=0,"
+            "pan=stereo|c0=c0|c1=c0",
+            "-ar", "48000", "-b:a", "128k", "-f", fmt, str(path),
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("fmt", ["mp3", "wav"])
+def test_decoding_from_an_offset_gives_the_rest(tmp_path: Path, fmt: str) -> None:
+    path = tmp_path / f"tone.{fmt}"
+    make_tone(path, 440.0, 3.0, fmt=fmt)
+    report = analyse_pcm(decode_all(Decoder(path, GAIN, start_s=1.0)))
+    assert report.seconds == pytest.approx(2.0, abs=0.03)
+    assert report.freq_hz == pytest.approx(440.0, rel=0.01)
+
+
+def test_an_offset_lands_on_the_right_sample(tmp_path: Path) -> None:
+    path = tmp_path / "beep.mp3"
+    make_beep_minute(path)
+    whole = onset_s(decode_all(Decoder(path, 1.0)))
+    late = onset_s(decode_all(Decoder(path, 1.0, start_s=29.25)))
+    assert whole is not None and late is not None
+    assert late == pytest.approx(whole - 29.25, abs=0.001)
+
+
+def test_an_offset_past_the_end_plays_nothing(tone: Path) -> None:
+    with Decoder(tone, GAIN, start_s=60.0) as decoder:
+        assert list(decoder.chunks()) == []
+    assert ffmpeg_children() == []
+
+
+@pytest.mark.parametrize("start_s", [-0.5, math.nan, math.inf])
+def test_a_bad_offset_is_refused(tone: Path, start_s: float) -> None:
+    with pytest.raises(ValueError, match="start_s"):
+        Decoder(tone, GAIN, start_s=start_s)
+
+
+def test_seeking_late_in_an_hour_long_mp3_is_fast_and_exact(tmp_path: Path) -> None:
+    """Why the Decoder seeks with ``-ss`` before ``-i``: against the slow way (after ``-i``,
+    decoding everything before the offset), late in a 60-minute MP3."""
+    minute = tmp_path / "minute.mp3"
+    make_beep_minute(minute)
+    playlist = tmp_path / "hour.txt"
+    playlist.write_text("".join(f"file '{minute}'\n" for _ in range(60)))
+    hour = tmp_path / "hour.mp3"
+    subprocess.run(
+        [
+            "ffmpeg", "-nostdin", "-loglevel", "error", "-y",
+            "-f", "concat", "-safe", "0", "-i", str(playlist), "-c", "copy", str(hour),
+        ],
+        check=True,
+    )  # fmt: skip
+    start_s = 59 * 60 + 29.0  # a second before the last beep (give or take the joins below)
+
+    begun = time.monotonic()
+    with Decoder(hour, 1.0, start_s=start_s) as decoder:
+        chunks = decoder.chunks()
+        fast = next(chunks) + next(chunks) + next(chunks)  # 0.3 s: ffmpeg has found its place
+        fast_s = time.monotonic() - begun
+        fast += b"".join(itertools.islice(chunks, 27))  # 3 s in all
+    begun = time.monotonic()
+    slow = subprocess.run(
+        [
+            "ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(hour), "-ss", str(start_s),
+            "-t", "3", "-f", "s16le", "-ac", "2", "-ar", "48000", "-",
+        ],
+        check=True,
+        capture_output=True,
+    ).stdout  # fmt: skip
+    slow_s = time.monotonic() - begun
+
+    # Each joined minute keeps its encoder's padding (some 24 ms), so the last beep is late by
+    # about 1.4 s in the hour: both seeks must agree on where it is, to the millisecond.
+    fast_onset, slow_onset = onset_s(fast), onset_s(slow)
+    assert slow_onset is not None and fast_onset is not None
+    assert fast_onset == pytest.approx(slow_onset, abs=0.001)
+    # Seen here: 0.1 s against 1.9 s. A Pi is some ten times slower at both.
+    assert fast_s * 4 < slow_s
+
+
+# --- Pre-roll -------------------------------------------------------------------------------
+
+
+def test_prime_starts_ffmpeg_and_hands_over_the_first_chunk_at_once(tone: Path) -> None:
+    reference = decode_all(Decoder(tone, GAIN))
+    decoder = Decoder(tone, GAIN)
+    assert not decoder.started.is_set()
+    begun = time.monotonic()
+    assert decoder.prime() is True
+    prime_s = time.monotonic() - begun
+    assert decoder.started.is_set()
+    assert len(ffmpeg_children()) == 1  # running before anyone asked for a chunk
+    assert decoder.prime() is True  # idempotent
+    chunks = decoder.chunks()
+    begun = time.monotonic()
+    first = next(chunks)
+    first_s = time.monotonic() - begun
+    assert first_s < prime_s / 10  # from memory, not from a process starting up
+    assert first + b"".join(chunks) == reference  # nothing lost, nothing twice
+    assert ffmpeg_children() == []
+    with pytest.raises(RuntimeError, match="before chunks"):
+        decoder.prime()
+
+
+def test_started_is_set_by_the_first_chunk_without_prime(tone: Path) -> None:
+    with Decoder(tone, GAIN) as decoder:
+        chunks = decoder.chunks()
+        assert not decoder.started.is_set()
+        next(chunks)
+        assert decoder.started.is_set()
+
+
+def test_prime_at_an_offset(tmp_path: Path) -> None:
+    path = tmp_path / "tone.mp3"
+    make_tone(path, 440.0, 3.0)
+    with Decoder(path, GAIN, start_s=2.5) as decoder:
+        assert decoder.prime()
+        report = analyse_pcm(b"".join(decoder.chunks()))
+    assert report.seconds == pytest.approx(0.5, abs=0.03)
+
+
+def test_close_after_prime_plays_nothing(tone: Path) -> None:
+    decoder = Decoder(tone, GAIN)
+    assert decoder.prime()
+    decoder.close()
+    assert ffmpeg_children() == []
+    assert list(decoder.chunks()) == []
+
+
+def test_abandoning_a_primed_decoder_stops_ffmpeg(tone: Path) -> None:
+    decoder = Decoder(tone, GAIN)
+    decoder.prime()
+    chunks = decoder.chunks()
+    next(chunks)
+    assert isinstance(chunks, Generator)
+    chunks.close()  # what happens when the player breaks out of its loop
+    assert ffmpeg_children() == []
+
+
+def test_prime_of_nothing_is_false(tone: Path) -> None:
+    decoder = Decoder(tone, GAIN, start_s=60.0)
+    assert decoder.prime() is False
+    assert not decoder.started.is_set()
+    assert list(decoder.chunks()) == []
+    assert ffmpeg_children() == []
+
+
+def test_prime_of_corrupt_media_raises_and_chunks_raise_again(tmp_path: Path) -> None:
+    bad = tmp_path / "corrupt.mp3"
+    bad.write_bytes(random.Random(7).randbytes(20000))
+    decoder = Decoder(bad, GAIN)
+    with pytest.raises(AudioError, match="could not decode"):
+        decoder.prime()
+    with pytest.raises(AudioError, match="could not decode"):
+        decoder.prime()
+    assert ffmpeg_children() == []
+    with pytest.raises(AudioError, match="could not decode"):
+        next(iter(decoder.chunks()))
+
+
+def test_close_from_another_thread_ends_a_waiting_prime(tmp_path: Path) -> None:
+    fifo = tmp_path / "silent.mp3"
+    os.mkfifo(fifo)
+    decoder = Decoder(fifo, GAIN)
+    outcome: list[object] = []
+
+    def preroll() -> None:
+        try:
+            outcome.append(decoder.prime())
+        except BaseException as exc:  # reported to the test thread below
+            outcome.append(exc)
+
+    thread = threading.Thread(target=preroll)
+    thread.start()
+    writer = open_fifo_for_writing(fifo)
+    try:
+        decoder.close()
+        thread.join(timeout=10)
+    finally:
+        os.close(writer)
+    assert not thread.is_alive()
+    assert outcome == [False]
+    assert not decoder.started.is_set()
     assert list(decoder.chunks()) == []
     assert ffmpeg_children() == []
