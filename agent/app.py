@@ -23,12 +23,14 @@ from agent.config import Config
 from agent.core.clock import Clock
 from agent.ingest import Ingestor
 from agent.link import Link, LinkEvent, TlsFiles
+from agent.loudness import LoudnessStore
 from agent.outbox import Outbox
 from agent.player import Player, PlayResult
 from agent.station import Station
 from agent.trust_store import TrustStore
 from hal.audio import Decoder, open_sink
 from hal.capture import CaptureError, PyAudioProbe
+from hal.chimes import PcmClip, chime_pcm
 from hal.files import atomic_write
 from hal.inputs import HealthInputs, InputChange
 from hal.relays import GpioRelays, pin_history, use_mock_pins
@@ -62,6 +64,7 @@ def build_station(config: Config, clock: Clock) -> tuple[Station, Callable[[], N
             probe=probe,
             silence=(config.capture.silence_threshold_dbfs, config.capture.silence_after_s),
             on_silence=on_silence,
+            chimes=lambda kind, gain: PcmClip(chime_pcm(kind), gain),
         )
 
     inputs_factory = None
@@ -107,6 +110,7 @@ def build_station(config: Config, clock: Clock) -> tuple[Station, Callable[[], N
         signing_key=keyfiles.load_private(config.paths.signing_key),
         link_factory=link_factory,
         inputs_factory=inputs_factory,
+        loudness=LoudnessStore(config.paths.cache),
     )
 
     def cleanup() -> None:

@@ -77,6 +77,11 @@ class AudioConfig:
     default_volume: int = 80
     decoder_lead_s: float = 0.5  # pre-roll beyond the warm-up: ffmpeg start-up and first read
     amp_linger_s: float = 10.0  # the amplifier stays on this long for an item that follows
+    # EBU R128: each file measured once when it enters the cache, played at this loudness.
+    # -16 LUFS suits speech on horn loudspeakers (louder than broadcast's -23).
+    loudness_target_lufs: float | None = -16.0  # None: play files as they are
+    loudness_max_gain_db: float = 12.0
+    chime_categories: tuple[str, ...] = ("announcement",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +233,13 @@ def load_config(text: str, env: Mapping[str, str], base_dir: Path) -> Config:
         default_volume=int(_number(audio_t, "default_volume", 80, "audio", 0, 100)),
         decoder_lead_s=_number(audio_t, "decoder_lead_s", 0.5, "audio", 0, 10),
         amp_linger_s=_number(audio_t, "amp_linger_s", 10.0, "audio", 0, 3600),
+        loudness_target_lufs=(
+            None
+            if audio_t.get("normalise", True) is False
+            else _number(audio_t, "loudness_target_lufs", -16.0, "audio", -40, -5)
+        ),
+        loudness_max_gain_db=_number(audio_t, "loudness_max_gain_db", 12.0, "audio", 0, 30),
+        chime_categories=tuple(_string_list(audio_t, "chime_categories", ["announcement"])),
     )
     inputs_t = _table(doc, "inputs")
     input_pins: dict[str, int] = {}
@@ -292,6 +304,13 @@ def load_config(text: str, env: Mapping[str, str], base_dir: Path) -> Config:
         capture=capture,
         sim=sim,
     )
+
+
+def _string_list(table: Mapping[str, Any], key: str, default: list[str]) -> list[str]:
+    value = table.get(key, default)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"audio.{key} must be a list of strings")
+    return value
 
 
 def _number(

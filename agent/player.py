@@ -47,6 +47,7 @@ class PlayItem:
     sha256: str
     path: Path
     gain: float = 1.0  # the item's own correction (loudness normalisation), times the volume
+    chime: bool = False  # an announcement: an attention chime before and after it
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +95,9 @@ class Player:
         probe: LevelProbe | None = None,
         silence: tuple[float, float] = (-50.0, 3.0),  # threshold dBFS, seconds
         on_silence: Callable[[str], None] | None = None,
+        chimes: Callable[[str, float], PcmSource] | None = None,
     ) -> None:
+        self._chimes = chimes
         self._probe = probe
         self._silence = silence
         self._on_silence = on_silence
@@ -217,6 +220,7 @@ class Player:
                     with self._decoder(entry.path, request.gain * entry.gain, offset) as source:
                         chunks = source.chunks()
                         first = next(chunks, b"")  # primes ffmpeg ahead of the instant
+                        pieces = self._with_chimes(request, item, _chain(first, chunks))
                         if started_at is None:
                             if self._wait_until(cut, warm_until):
                                 break
@@ -226,7 +230,7 @@ class Player:
                                 latency = float(getattr(sink, "latency_s", 0.0))
                                 if self._wait_until(cut, request.start_at - latency):
                                     break
-                        for chunk in _chain(first, chunks):
+                        for is_item, chunk in pieces:
                             if cut.is_set():
                                 break
                             if request.deadline and self._clock.monotonic() >= request.deadline:
@@ -250,7 +254,8 @@ class Player:
                                     self._on_silence(request.key)
                             meter.add(chunk)
                             frames += len(chunk) // FRAME_BYTES
-                            item_frames += len(chunk) // FRAME_BYTES
+                            if is_item:  # chimes do not move the resume position
+                                item_frames += len(chunk) // FRAME_BYTES
                     watch.disarm()  # gaps between items are meant to be quiet
                     if cut.is_set() or outcome != "complete":
                         break
@@ -290,6 +295,21 @@ class Player:
                     level_source="measured" if probing else "digital",
                 )
             )
+
+    def _with_chimes(
+        self, request: PlayRequest, item: int, audio: Iterator[bytes]
+    ) -> Iterator[tuple[bool, bytes]]:
+        """The item's audio, with the attention chime before a run of announcements and after
+        it (a resumed announcement gets its chime again: listeners need the cue)."""
+        chime = request.items[item].chime and self._chimes is not None
+        before = chime and (item == request.start_item or not request.items[item - 1].chime)
+        last = item + 1 == len(request.items)
+        after = chime and (last or not request.items[item + 1].chime)
+        if before and self._chimes is not None:
+            yield from ((False, c) for c in self._chimes("before", request.gain).chunks())
+        yield from ((True, c) for c in audio)
+        if after and self._chimes is not None:
+            yield from ((False, c) for c in self._chimes("after", request.gain).chunks())
 
     def _zones_on(self, zones: tuple[str, ...]) -> bool | None:
         states = {k: v for k, v in self._relays.states().items() if k != "amp"}

@@ -36,6 +36,7 @@ from agent.core.reports import (
 from agent.core.verify import Accepted, Rejection, Verdict
 from agent.ingest import Ingestor
 from agent.link import Connected, Disconnected, Link, Received
+from agent.loudness import LoudnessStore, db_to_gain
 from agent.outbox import Outbox, OutboxError
 from agent.player import Player, PlayItem, PlayResult
 from agent.programme import Outcome, Programme
@@ -117,6 +118,8 @@ class Station:
     signing_key: Ed25519PrivateKey
     link_factory: Callable[[Callable[[Any], None]], Link] | None = None
     inputs_factory: Callable[[Callable[[InputChange], None]], Inputs] | None = None
+    loudness: LoudnessStore | None = None
+    _measure_seen: set[str] = field(default_factory=set)
     inbox: queue.Queue[Message] = field(default_factory=queue.Queue)
     # state owned by the runtime thread
     playlists: dict[tuple[str, str], Playlist] = field(default_factory=dict)
@@ -140,7 +143,7 @@ class Station:
             self.clock,
             self.player,
             media_ready=lambda m: self.cache.has(m.sha256, m.bytes),
-            media_path=lambda m: PlayItem(m.name, m.sha256, self.cache.path_for(m.sha256)),
+            media_path=self._play_item,
             volume=self._volume,
             report=self._asrun,
             resume_window=timedelta(seconds=self.config.schedule.resume_window_s),
@@ -148,12 +151,18 @@ class Station:
         self.link = self.link_factory(self.inbox.put) if self.link_factory else None
         self._fetch_queue: queue.Queue[MediaRef | None] = queue.Queue()
         self._fetcher = threading.Thread(target=self._fetch_loop, name="fetch", daemon=True)
+        # Loudness is measured off the fetch path: an hour of audio takes minutes on a Pi.
+        self._measure_queue: queue.Queue[MediaRef | None] = queue.Queue()
+        self._measurer = threading.Thread(target=self._measure_loop, name="r128", daemon=True)
 
     # lifecycle -------------------------------------------------------------------------------
 
     def run(self) -> None:
         self._started_mono = self.clock.monotonic()
         self.cache.remove_partials()
+        if self.loudness is not None:
+            self.loudness.remove_temporaries()
+            self._measurer.start()
         self.player.close()  # safe-off: relays start in a known state
         self._fetcher.start()
         self._reload_playlists()
@@ -186,6 +195,7 @@ class Station:
         if self.inputs is not None:
             self.inputs.close()
         self._fetch_queue.put(None)
+        self._measure_queue.put(None)
         if self.link is not None:
             offline = {
                 "online": False,
@@ -388,9 +398,37 @@ class Station:
 
     # media -----------------------------------------------------------------------------------
 
+    def _play_item(self, media: MediaRef) -> PlayItem:
+        """A cached medium as the player takes it: its loudness correction (never waited for:
+        an unmeasured file plays as it is) and whether it gets the attention chimes."""
+        audio = self.config.audio
+        gain = 1.0
+        if self.loudness is not None and audio.loudness_target_lufs is not None:
+            correction = self.loudness.correction_db(
+                media.sha256, audio.loudness_target_lufs, max_gain_db=audio.loudness_max_gain_db
+            )
+            gain = db_to_gain(correction)
+        chime = media.category in audio.chime_categories
+        return PlayItem(media.name, media.sha256, self.cache.path_for(media.sha256), gain, chime)
+
+    def _queue_measure(self, media: MediaRef) -> None:
+        """Once per run and medium: a file ffmpeg cannot measure is not retried every tick."""
+        if self.loudness is None or media.sha256 in self._measure_seen:
+            return
+        self._measure_seen.add(media.sha256)
+        if self.loudness.get(media.sha256) is None:
+            self._measure_queue.put(media)
+
+    def _measure_loop(self) -> None:
+        while (media := self._measure_queue.get()) is not None:
+            if self.loudness is not None:
+                self.loudness.ensure(media.sha256, self.cache.path_for(media.sha256))
+
     def _fetch_missing(self) -> None:
         for playlist in self.playlists.values():
             for media in playlist.media.values():
+                if self.cache.has(media.sha256, media.bytes):
+                    self._queue_measure(media)
                 if media.sha256 in self._fetching or self.cache.has(media.sha256, media.bytes):
                     continue
                 self._fetching.add(media.sha256)
@@ -414,6 +452,7 @@ class Station:
         fields = {"media": done.media.name, "url": done.media.url, "sha256": done.media.sha256}
         if done.error is None:
             self._event("media", "cached", f"{done.media.name} verified and cached", fields)
+            self._queue_measure(done.media)
         else:
             self._event("media", done.code, done.error, fields)
 

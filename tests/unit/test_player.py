@@ -198,3 +198,30 @@ def test_amplifier_stays_on_between_close_items(mock_pins: Any, fake_clock: Fake
     player.close()
     assert relays.states()["amp"] is False  # safe-off does not linger
     relays.close()
+
+
+def test_announcements_get_chimes_that_do_not_move_the_position(
+    mock_pins: Any, fake_clock: FakeClock
+) -> None:
+    sink = RecordingSink()
+    player, done, relays = make_player(mock_pins, fake_clock, sink, count=2)
+    chime = b"\x11\x11" * 2 * 4800
+    asked: list[str] = []
+
+    def chimes(kind: str, gain: float) -> ScriptedSource:
+        asked.append(kind)
+        source = ScriptedSource(fake_clock, 1)
+        source.chunks = lambda: iter([chime])  # type: ignore[method-assign]
+        return source
+
+    player._chimes = chimes
+    items = tuple(
+        PlayItem(f"m{i}", "ab" * 32, Path(f"/nowhere/{i}"), 1.0, chime=i < 2) for i in range(3)
+    )
+    player.play(PlayRequest("k", items, ("north",), 1.0, 0, None))
+    result = done.get(timeout=10)
+    assert asked == ["before", "after"]  # one pair around the run of two announcements
+    assert sink.written[0] == chime and sink.written[5] == chime
+    assert len(sink.written) == 2 + 2 + 2 + 2  # chimes plus two chunks of each item
+    assert result.item == 2 and abs(result.item_offset_s - 0.2) < 1e-9
+    relays.close()
