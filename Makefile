@@ -9,7 +9,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages: the compiler and headers pyaudio builds with, the real broker, decoder and
 # sound parts the integration tests use.
 APT_PACKAGES := python3-venv python3-dev gcc make mosquitto mosquitto-clients ffmpeg \
-                portaudio19-dev libasound2-plugins alsa-utils openssl
+                portaudio19-dev libasound2-plugins alsa-utils openssl pulseaudio pulseaudio-utils
 
 .PHONY: test lint typecheck unit sysdeps venv demo clean
 
@@ -45,6 +45,15 @@ $(VENV)/.installed: pyproject.toml .sysdeps.stamp
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
 	@touch $@
+
+# Benchmarks on real parts (a private PulseAudio null sink paces the sound card); each writes
+# bench/results/<name>.json, then the report regenerates the table in docs/benchmarks.md.
+.PHONY: bench
+bench: venv
+	$(BIN)/python -m bench.start_accuracy
+	$(BIN)/python -m bench.preemption
+	$(BIN)/python -m bench.memory_60min
+	$(BIN)/python -m bench.report
 
 demo: venv
 	$(BIN)/loa-province demo --out demo-out
