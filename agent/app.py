@@ -28,7 +28,7 @@ from agent.outbox import Outbox
 from agent.player import Player, PlayResult
 from agent.station import Station
 from agent.trust_store import TrustStore
-from hal.audio import Decoder, open_sink
+from hal.audio import Decoder, PyAudioSink, open_sink
 from hal.capture import CaptureError, PyAudioProbe
 from hal.chimes import PcmClip, chime_pcm
 from hal.files import atomic_write
@@ -50,12 +50,14 @@ def build_station(config: Config, clock: Clock) -> tuple[Station, Callable[[], N
     wav = config.audio.wav or config.paths.state / "speaker.wav"
 
     probe = _open_probe(config)
+    sink = open_sink(config.audio.output, config.audio.device, wav)
 
     def player(on_done: Callable[[PlayResult], None], on_silence: Callable[[str], None]) -> Player:
         return Player(
             relays,
-            lambda: open_sink(config.audio.output, config.audio.device, wav),
-            lambda path, gain, start_s: Decoder(path, gain, start_s=start_s),
+            lambda: sink,  # one sink for the life of the station: the device stays ready
+            # 20 ms chunks: a cut takes effect within one chunk (preemption latency).
+            lambda path, gain, start_s: Decoder(path, gain, start_s=start_s, chunk_frames=960),
             clock,
             on_done,
             warmup_s=config.audio.warmup_s,
@@ -64,7 +66,7 @@ def build_station(config: Config, clock: Clock) -> tuple[Station, Callable[[], N
             probe=probe,
             silence=(config.capture.silence_threshold_dbfs, config.capture.silence_after_s),
             on_silence=on_silence,
-            chimes=lambda kind, gain: PcmClip(chime_pcm(kind), gain),
+            chimes=lambda kind, gain: PcmClip(chime_pcm(kind), gain, chunk_frames=960),
         )
 
     inputs_factory = None
@@ -115,6 +117,8 @@ def build_station(config: Config, clock: Clock) -> tuple[Station, Callable[[], N
 
     def cleanup() -> None:
         relays.close()
+        if isinstance(sink, PyAudioSink):
+            sink.release()
         if probe is not None:
             with contextlib.suppress(CaptureError):
                 probe.close()

@@ -39,6 +39,8 @@ class PcmSource(AbstractContextManager["PcmSource"], Protocol):
 
 # path, linear gain, seconds into the file to start at
 DecoderFactory = Callable[[Path, float, float], PcmSource]
+# the play being replaced: its thread, its cut event, and (outcome, reason) to end it with
+Previous = tuple[threading.Thread | None, threading.Event, tuple[str, str]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,13 +123,22 @@ class Player:
     def busy(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def play(self, request: PlayRequest) -> None:
+    def play(self, request: PlayRequest, *, replacing: tuple[str, str] | None = None) -> None:
+        """Start ``request``. With ``replacing`` (outcome, reason) a current play is cut, but
+        only once the new item's decoder has its first chunk: the old programme goes on
+        sounding while ffmpeg starts, and the new one follows within a chunk (preemption)."""
+        previous = None
         if self.busy:
-            raise RuntimeError("the player is busy: cut the current play first")
+            if replacing is None:
+                raise RuntimeError("the player is busy: cut the current play first")
+            previous = (self._thread, self._cut, replacing)
         self._cut = threading.Event()
         self.current = request
         self._thread = threading.Thread(
-            target=self._run, args=(request, self._cut), name=f"play {request.key}", daemon=True
+            target=self._run,
+            args=(request, self._cut, previous),
+            name=f"play {request.key}",
+            daemon=True,
         )
         self._thread.start()
 
@@ -191,7 +202,31 @@ class Player:
         left = instant - self._clock.monotonic()
         return cut.wait(left) if left > 0 else cut.is_set()
 
-    def _run(self, request: PlayRequest, cut: threading.Event) -> None:
+    def _open_item(
+        self, request: PlayRequest, item: int
+    ) -> tuple[PcmSource, Iterator[bytes], bytes]:
+        """Start the decoder of ``item`` and read its first chunk (ffmpeg's start-up)."""
+        entry = request.items[item]
+        offset = request.start_offset_s if item == request.start_item else 0.0
+        source = self._decoder(entry.path, request.gain * entry.gain, offset)
+        chunks = source.chunks()
+        try:
+            first = next(chunks, b"")
+        except BaseException:
+            source.close()
+            raise
+        return source, chunks, first
+
+    def _take_over(self, previous: Previous) -> None:
+        thread, cut, (outcome, reason) = previous
+        if thread is not None and thread.is_alive():
+            self._cut_reason = (outcome, reason)
+            cut.set()
+            thread.join(5.0)
+
+    def _run(
+        self, request: PlayRequest, cut: threading.Event, previous: Previous | None = None
+    ) -> None:
         started_at: datetime | None = None
         frames = 0
         item_frames = 0
@@ -204,7 +239,13 @@ class Player:
         silent = False
         measured: float | None = None
         probing = False
+        primed: tuple[PcmSource, Iterator[bytes], bytes] | None = None
         try:
+            if previous is not None:
+                try:
+                    primed = self._open_item(request, request.start_item)
+                finally:
+                    self._take_over(previous)  # the old play ends even if this one cannot start
             warm = self._amp_up()
             amp_ok = self._relays.states().get("amp")
             warm_until = self._clock.monotonic() + (0.0 if warm else self._warmup_s)
@@ -212,14 +253,13 @@ class Player:
             sink.open()
             try:
                 for item in range(request.start_item, len(request.items)):
-                    entry = request.items[item]
-                    offset = request.start_offset_s if item == request.start_item else 0.0
                     item_frames = 0
                     if item > request.start_item and request.gap_s and cut.wait(request.gap_s):
                         break
-                    with self._decoder(entry.path, request.gain * entry.gain, offset) as source:
-                        chunks = source.chunks()
-                        first = next(chunks, b"")  # primes ffmpeg ahead of the instant
+                    # ffmpeg starts and its first chunk is read ahead of the instant (pre-roll)
+                    source, chunks, first = primed or self._open_item(request, item)
+                    primed = None
+                    with source:
                         pieces = self._with_chimes(request, item, _chain(first, chunks))
                         if started_at is None:
                             if self._wait_until(cut, warm_until):
@@ -269,6 +309,8 @@ class Player:
                 cut.wait(self._hold_s)
         except AudioError as exc:
             outcome, reason = "failed", f"audio: {exc}"[:200]
+            if primed is not None:
+                primed[0].close()
         except RelayError as exc:
             outcome, reason = "failed", f"relay: {exc}"[:200]
         finally:

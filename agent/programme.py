@@ -127,12 +127,14 @@ class Programme:
                 self._report(Outcome(occurrence, "skipped", f"{current.slot_id} was on air"))
                 return
             self.segments[current.key].interrupted_by = occurrence.slot_id
-            self._player.cut("preempted", f"preempted by {occurrence.slot_id}")
+            replacing = ("preempted", f"preempted by {occurrence.slot_id}")
+        else:
+            replacing = None
         start_at = None
         ahead = (occurrence.start - self._clock.now()).total_seconds()
         if ahead > 0:  # fired early for pre-roll: the first sample is due at the start
             start_at = self._clock.monotonic() + ahead
-        self._start(Segment(occurrence, Position(0, 0.0)), start_at)
+        self._start(Segment(occurrence, Position(0, 0.0)), start_at, replacing)
 
     def done(self, result: PlayResult) -> None:
         segment = self.segments.get(result.key)
@@ -181,7 +183,12 @@ class Programme:
                     "the slot closed before it could resume",
                 )
 
-    def _start(self, segment: Segment, start_at: float | None) -> None:
+    def _start(
+        self,
+        segment: Segment,
+        start_at: float | None,
+        replacing: tuple[str, str] | None = None,
+    ) -> None:
         occurrence = segment.occurrence
         deadline = None
         if occurrence.end is not None:
@@ -200,7 +207,8 @@ class Programme:
                 start_item=segment.position.item,
                 start_offset_s=segment.position.offset_s,
                 start_at=start_at,
-            )
+            ),
+            replacing=replacing,
         )
 
     def _finish(self, segment: Segment, outcome: str, reason: str | None) -> None:

@@ -29,7 +29,8 @@ HAS_PREROLL = "start_at" in REQUEST_FIELDS
 def decoder(path: Path, gain: float, offset_s: float = 0.0) -> Decoder:
     if offset_s:
         raise ValueError("the benchmarks always play items from their start")
-    return Decoder(path, gain)
+    # The same decoder the station builds (agent/app.py): exact seek, 20 ms chunks.
+    return Decoder(path, gain, start_s=offset_s, chunk_frames=960)
 
 
 class PlayerRig:
@@ -39,10 +40,12 @@ class PlayerRig:
         self.done: queue.Queue[PlayResult] = queue.Queue()
         self.first_writes: list[float] = []
         self.reported_latencies_s: list[float] = []
+        # One sink for the rig's life, as the station keeps one (PortAudio stays started).
+        self.sink = PyAudioSink("default")
         self.player = Player(
             self.relays,
             lambda: TimedSink(
-                PyAudioSink("default"), self.first_writes.append, self.reported_latencies_s.append
+                self.sink, self.first_writes.append, self.reported_latencies_s.append
             ),
             decoder,
             SystemClock(),
@@ -73,6 +76,7 @@ class PlayerRig:
 
     def close(self) -> None:
         self.player.close()
+        self.sink.release()
         self.relays.close()
         self.factory.reset()
 

@@ -1,7 +1,8 @@
 """Preemption: from the cut request to the new item's first sample at the (paced) sink.
 
-What the runtime does for an emergency: ``player.cut("preempted", ...)`` on the play in
-progress, then ``player.play(new request)`` at once (no ``start_at``: as soon as possible).
+What the runtime does for an emergency: ``player.play(new request, replacing=("preempted",
+...))`` while a play is in progress (no ``start_at``: as soon as possible). The player starts
+the new item's decoder first and cuts the old play once the first chunk is ready.
 Real ``Player`` + ``Decoder`` + ``PyAudioSink`` on a PulseAudio null sink, warm-up 0,
 ``MockFactory`` relays. The old programme is a quiet tone (-20 dBFS), the new item a loud one
 (-6 dBFS), so the capture tells them apart; the old one is cut after a random 0.4-0.8 s, so the
@@ -38,9 +39,8 @@ def trial(
     rig.player.play(rig.request(old))
     time.sleep(random.uniform(0.4, 0.8))
     cut_at = time.monotonic()
-    rig.player.cut("preempted", "preempted by an emergency")
+    rig.player.play(rig.request(new), replacing=("preempted", "preempted by an emergency"))
     cut_returned = time.monotonic()
-    rig.player.play(rig.request(new))
     old_result = rig.wait_done()
     new_result = rig.wait_done()
     if old_result.outcome != "preempted" or new_result.outcome != "complete":

@@ -130,14 +130,9 @@ class PyAudioSink:
             import pyaudio
         except ImportError as exc:
             raise AudioError("PyAudio (PortAudio) is not installed") from exc
-        with _captured_stderr() as capture:
-            try:
-                pa = pyaudio.PyAudio()
-            except (OSError, RuntimeError) as exc:
-                noise = _read_capture(capture)
-                raise AudioError(f"PortAudio failed to start: {noise[-_STDERR_TAIL:]}") from exc
-            noise = _read_capture(capture)
-        _pass_through_foreign_lines(noise)
+        # PortAudio is started once and kept between plays: starting it probes every ALSA
+        # device (tens of milliseconds), which an emergency cutting in must not wait for.
+        pa = self._pa if self._pa is not None else self._start_portaudio(pyaudio)
         try:
             index = self._device_index(pa)
             self._stream = pa.open(
@@ -148,12 +143,23 @@ class PyAudioSink:
                 output_device_index=index,
             )
         except (OSError, ValueError) as exc:
-            pa.terminate()
+            self.release()
             raise AudioError(f"cannot open audio device {self.device!r}: {exc}") from exc
         except BaseException:
-            pa.terminate()
+            self.release()
             raise
+
+    def _start_portaudio(self, pyaudio: Any) -> Any:
+        with _captured_stderr() as capture:
+            try:
+                pa = pyaudio.PyAudio()
+            except (OSError, RuntimeError) as exc:
+                noise = _read_capture(capture)
+                raise AudioError(f"PortAudio failed to start: {noise[-_STDERR_TAIL:]}") from exc
+            noise = _read_capture(capture)
+        _pass_through_foreign_lines(noise)
         self._pa = pa
+        return pa
 
     def _device_index(self, pa: Any) -> int | None:
         if self.device == "default":
@@ -182,16 +188,21 @@ class PyAudioSink:
             raise AudioError(f"audio device {self.device!r} failed: {exc}") from exc
 
     def close(self) -> None:
-        stream, pa = self._stream, self._pa
-        self._stream = self._pa = None
-        if pa is None:
+        """End the play's stream; PortAudio stays up for the next play (``release`` ends it)."""
+        stream, self._stream = self._stream, None
+        if stream is None:
             return
         try:
             stream.stop_stream()
             stream.close()
         except OSError as exc:
+            self.release()  # a card that failed: start PortAudio afresh next time
             raise AudioError(f"audio device {self.device!r} failed to stop: {exc}") from exc
-        finally:
+
+    def release(self) -> None:
+        """Stop PortAudio (at shutdown, or after a failure); idempotent."""
+        pa, self._pa = self._pa, None
+        if pa is not None:
             pa.terminate()
 
 
