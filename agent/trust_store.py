@@ -50,6 +50,8 @@ class StoreError(RuntimeError):
 class TrustStore:
     def __init__(self, path: Path, busy_timeout_s: float = 30.0) -> None:
         self.path = path
+        self._writes = 0
+        self._cached: tuple[tuple[int, int], TrustState] | None = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None)
@@ -87,12 +89,20 @@ class TrustStore:
             raise StoreError(f"cannot commit state: {exc}") from exc
 
     def snapshot(self) -> TrustState:
-        with self.transaction() as state:
-            return state
+        """The current state for reading (heartbeats, events): no write lock taken."""
+        try:
+            self._db.execute("BEGIN")
+            try:
+                return self._load()
+            finally:
+                self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read state: {exc}") from exc
 
     def persist(self, effects: tuple[Effect, ...], now: datetime) -> None:
         """Write effects; call inside ``transaction()``. Expired command ids are forgotten."""
         stamp = now.isoformat()
+        self._writes += 1  # our own commits do not move PRAGMA data_version
         try:
             for effect in effects:
                 self._write(effect, stamp)
@@ -141,6 +151,16 @@ class TrustStore:
                 )
 
     def _load(self) -> TrustState:
+        """The snapshot, re-read only when this or another connection changed the database
+        (every event and heartbeat asks; parsing the keyring each time would be waste)."""
+        key = (_data_version(self._db), self._writes)
+        if self._cached is not None and self._cached[0] == key:
+            return self._cached[1]
+        state = self._read()
+        self._cached = (key, state)
+        return state
+
+    def _read(self) -> TrustState:
         db = self._db
         keyring = None
         keyring_sha = ""

@@ -12,6 +12,7 @@ import ctypes.util
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import cache
 
 STA_UNSYNC = 0x0040
 TIME_ERROR = 5
@@ -44,12 +45,18 @@ class _Timex(ctypes.Structure):
     )
 
 
+@cache
+def _libc() -> ctypes.CDLL | None:
+    # find_library runs a subprocess (ldconfig) on Linux: once per process, not per message.
+    name = ctypes.util.find_library("c")
+    return None if name is None else ctypes.CDLL(name, use_errno=True)
+
+
 def read_adjtimex() -> tuple[int, int] | None:
     """(clock state, status bits) from adjtimex(2) in read-only mode; None if unavailable."""
-    libc_name = ctypes.util.find_library("c")
-    if libc_name is None:
+    libc = _libc()
+    if libc is None:
         return None
-    libc = ctypes.CDLL(libc_name, use_errno=True)
     timex = _Timex()  # modes = 0: read only
     state = int(libc.adjtimex(ctypes.byref(timex)))
     if state < 0:
