@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -17,7 +16,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.cache import CacheFullError, MediaCache, MediaError
+from agent.cache import MediaCache
 from agent.config import Config
 from agent.core import strict
 from agent.core.clock import Clock
@@ -37,6 +36,7 @@ from agent.core.verify import Accepted, Rejection, Verdict
 from agent.ingest import Ingestor
 from agent.link import Connected, Disconnected, Link, Received
 from agent.loudness import LoudnessStore, db_to_gain
+from agent.media_workers import MediaDone, MediaWorkers
 from agent.outbox import Outbox, OutboxError
 from agent.player import Player, PlayItem, PlayResult
 from agent.programme import Outcome, Programme
@@ -62,13 +62,6 @@ class Fire:
 @dataclass(frozen=True, slots=True)
 class PlayDone:
     result: PlayResult
-
-
-@dataclass(frozen=True, slots=True)
-class MediaDone:
-    media: MediaRef
-    error: str | None
-    code: str | None  # a section 8 media code, or cache-full / cache-write-failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,14 +112,12 @@ class Station:
     link_factory: Callable[[Callable[[Any], None]], Link] | None = None
     inputs_factory: Callable[[Callable[[InputChange], None]], Inputs] | None = None
     loudness: LoudnessStore | None = None
-    _measure_seen: set[str] = field(default_factory=set)
     inbox: queue.Queue[Message] = field(default_factory=queue.Queue)
     # state owned by the runtime thread
     playlists: dict[tuple[str, str], Playlist] = field(default_factory=dict)
     session: int = 0
     # Report id -> monotonic time it was last sent; unacknowledged ones are sent again later.
     _published: dict[int, float] = field(default_factory=dict)
-    _fetching: set[str] = field(default_factory=set)
     _data_version: int = -1
     _started_mono: float = 0.0
     _clock_offset: float | None = None
@@ -149,22 +140,14 @@ class Station:
             resume_window=timedelta(seconds=self.config.schedule.resume_window_s),
         )
         self.link = self.link_factory(self.inbox.put) if self.link_factory else None
-        self._fetch_queue: queue.Queue[MediaRef | None] = queue.Queue()
-        self._fetcher = threading.Thread(target=self._fetch_loop, name="fetch", daemon=True)
-        # Loudness is measured off the fetch path: an hour of audio takes minutes on a Pi.
-        self._measure_queue: queue.Queue[MediaRef | None] = queue.Queue()
-        self._measurer = threading.Thread(target=self._measure_loop, name="r128", daemon=True)
+        self.media = MediaWorkers(self.cache, self.loudness, self.inbox.put)
 
     # lifecycle -------------------------------------------------------------------------------
 
     def run(self) -> None:
         self._started_mono = self.clock.monotonic()
-        self.cache.remove_partials()
-        if self.loudness is not None:
-            self.loudness.remove_temporaries()
-            self._measurer.start()
         self.player.close()  # safe-off: relays start in a known state
-        self._fetcher.start()
+        self.media.start()  # clears half-written downloads and sidecars first
         self._reload_playlists()
         self._catch_up()
         self._event(
@@ -194,8 +177,7 @@ class Station:
         self.player.close()
         if self.inputs is not None:
             self.inputs.close()
-        self._fetch_queue.put(None)
-        self._measure_queue.put(None)
+        self.media.stop()
         if self.link is not None:
             offline = {
                 "online": False,
@@ -411,48 +393,14 @@ class Station:
         chime = media.category in audio.chime_categories
         return PlayItem(media.name, media.sha256, self.cache.path_for(media.sha256), gain, chime)
 
-    def _queue_measure(self, media: MediaRef) -> None:
-        """Once per run and medium: a file ffmpeg cannot measure is not retried every tick."""
-        if self.loudness is None or media.sha256 in self._measure_seen:
-            return
-        self._measure_seen.add(media.sha256)
-        if self.loudness.get(media.sha256) is None:
-            self._measure_queue.put(media)
-
-    def _measure_loop(self) -> None:
-        while (media := self._measure_queue.get()) is not None:
-            if self.loudness is not None:
-                self.loudness.ensure(media.sha256, self.cache.path_for(media.sha256))
-
     def _fetch_missing(self) -> None:
-        for playlist in self.playlists.values():
-            for media in playlist.media.values():
-                if self.cache.has(media.sha256, media.bytes):
-                    self._queue_measure(media)
-                if media.sha256 in self._fetching or self.cache.has(media.sha256, media.bytes):
-                    continue
-                self._fetching.add(media.sha256)
-                self._fetch_queue.put(media)
-
-    def _fetch_loop(self) -> None:
-        while (media := self._fetch_queue.get()) is not None:
-            try:
-                self.cache.fetch(media.url, media.sha256, media.bytes)
-            except MediaError as exc:
-                self.inbox.put(MediaDone(media, exc.detail, str(exc.code)))
-            except CacheFullError as exc:
-                self.inbox.put(MediaDone(media, str(exc), "cache-full"))
-            except OSError as exc:  # a disk fault: the fetcher must outlive it and say so
-                self.inbox.put(MediaDone(media, f"cache write failed: {exc}", "cache-write-failed"))
-            else:
-                self.inbox.put(MediaDone(media, None, None))
+        self.media.fetch_missing(m for p in self.playlists.values() for m in p.media.values())
 
     def _on_media_done(self, done: MediaDone) -> None:
-        self._fetching.discard(done.media.sha256)
+        self.media.fetched(done)
         fields = {"media": done.media.name, "url": done.media.url, "sha256": done.media.sha256}
         if done.error is None:
             self._event("media", "cached", f"{done.media.name} verified and cached", fields)
-            self._queue_measure(done.media)
         else:
             self._event("media", done.code, done.error, fields)
 
@@ -551,7 +499,7 @@ class Station:
             keyring=state.keyring.version if state.keyring else 0,
             volume=self.config.audio.default_volume,
             agent_version=AGENT_VERSION,
-            cache={"missing": len(self._fetching)},
+            cache={"fetching": len(self.media.fetching)},
             clock={
                 "synchronised": view.synchronised,
                 "trusted": trusted,
