@@ -546,7 +546,8 @@ def test_silence_after_the_sound_fires_once_after_the_quiet_stretch(
     assert len(out["fired"]) == 1
     assert out["quiet_since"] > loud[-1]  # the stretch began after the sound ended...
     quiet_for = out["fired"][0] - out["quiet_since"]
-    assert after_s <= quiet_for < after_s + 0.5  # ...and the fault came when it had lasted
+    # ...and the fault came once it had lasted (the bound leaves room for a loaded CI machine)
+    assert after_s <= quiet_for < after_s + 1.0
     assert all(is_silent(level) for at, level in levels if at >= out["quiet_since"])
     assert out["failure"] is None and out["paplay"] == 0
     assert out["total"] is not None and SILENCE_FLOOR_DBFS < out["total"] < TONE_DBFS + 1
