@@ -88,6 +88,8 @@ class AudioConfig:
 class MediaConfig:
     allow_http: bool = False
     timeout_s: float = 30.0
+    lookahead_days: float = 3.0  # media for this far ahead is fetched, nearest start first
+    parallel: int = 2  # downloads at once: enough to hide latency, few enough for a 4G link
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,6 +278,8 @@ def load_config(text: str, env: Mapping[str, str], base_dir: Path) -> Config:
     media = MediaConfig(
         allow_http=_typed(media_t, "allow_http", bool, False, "media"),
         timeout_s=_number(media_t, "timeout_s", 30.0, "media", 1, 600),
+        lookahead_days=_number(media_t, "lookahead_days", 3.0, "media", 0.1, 30),
+        parallel=int(_number(media_t, "parallel", 2, "media", 1, 8)),
     )
     reports_t = _table(doc, "reports")
     reports = ReportsConfig(

@@ -8,6 +8,7 @@ result); it alone touches the ``fetching`` set.
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 from collections.abc import Callable, Iterable
@@ -31,18 +32,25 @@ class MediaWorkers:
         cache: MediaCache,
         loudness: LoudnessStore | None,
         deliver: Callable[[MediaDone], None],
+        *,
+        parallel: int = 2,
     ) -> None:
         self.cache = cache
         self.loudness = loudness
         self._deliver = deliver
         self.fetching: set[str] = set()  # runtime thread only
         self._measure_seen: set[str] = set()  # runtime thread only
-        self._fetch_queue: queue.Queue[MediaRef | None] = queue.Queue()
+        # Nearest need first: (seconds until needed, arrival order, medium); None stops a worker.
+        self._fetch_queue: queue.PriorityQueue[tuple[float, int, MediaRef | None]] = (
+            queue.PriorityQueue()
+        )
+        self._order = itertools.count()
+        self._parallel = parallel
         self._measure_queue: queue.Queue[MediaRef | None] = queue.Queue()
         self._threads = [
-            threading.Thread(target=self._fetch_loop, name="fetch", daemon=True),
-            threading.Thread(target=self._measure_loop, name="r128", daemon=True),
-        ]
+            threading.Thread(target=self._fetch_loop, name=f"fetch-{n}", daemon=True)
+            for n in range(parallel)
+        ] + [threading.Thread(target=self._measure_loop, name="r128", daemon=True)]
 
     def start(self) -> None:
         """Clear what a crash left half-written, then start both workers."""
@@ -53,17 +61,19 @@ class MediaWorkers:
             thread.start()
 
     def stop(self) -> None:
-        self._fetch_queue.put(None)
+        for _ in range(self._parallel):
+            self._fetch_queue.put((float("-inf"), next(self._order), None))
         self._measure_queue.put(None)
 
-    def fetch_missing(self, media: Iterable[MediaRef]) -> None:
-        """Queue what is not cached (once while in flight); queue loudness for what is."""
-        for item in media:
+    def fetch_missing(self, needed: Iterable[tuple[float, MediaRef]]) -> None:
+        """Queue what is not cached, nearest need first (``needed``: seconds until the medium
+        is first needed, and the medium), once while in flight; queue loudness for the rest."""
+        for due_in, item in sorted(needed, key=lambda pair: pair[0]):
             if self.cache.has(item.sha256, item.bytes):
                 self.measure(item)
             elif item.sha256 not in self.fetching:
                 self.fetching.add(item.sha256)
-                self._fetch_queue.put(item)
+                self._fetch_queue.put((due_in, next(self._order), item))
 
     def fetched(self, done: MediaDone) -> None:
         """The runtime's bookkeeping for a fetch result."""
@@ -85,7 +95,7 @@ class MediaWorkers:
                 self.loudness.ensure(media.sha256, self.cache.path_for(media.sha256))
 
     def _fetch_loop(self) -> None:
-        while (media := self._fetch_queue.get()) is not None:
+        while (media := self._fetch_queue.get()[2]) is not None:
             try:
                 self.cache.fetch(media.url, media.sha256, media.bytes)
             except MediaError as exc:

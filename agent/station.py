@@ -140,7 +140,9 @@ class Station:
             resume_window=timedelta(seconds=self.config.schedule.resume_window_s),
         )
         self.link = self.link_factory(self.inbox.put) if self.link_factory else None
-        self.media = MediaWorkers(self.cache, self.loudness, self.inbox.put)
+        self.media = MediaWorkers(
+            self.cache, self.loudness, self.inbox.put, parallel=self.config.media.parallel
+        )
 
     # lifecycle -------------------------------------------------------------------------------
 
@@ -394,7 +396,23 @@ class Station:
         return PlayItem(media.name, media.sha256, self.cache.path_for(media.sha256), gain, chime)
 
     def _fetch_missing(self) -> None:
-        self.media.fetch_missing(m for p in self.playlists.values() for m in p.media.values())
+        """Everything the next ``media.lookahead_days`` need, nearest start first; media of
+        category ``emergency`` always (they must be ready before anyone knows when)."""
+        self.media.fetch_missing(self._needed(timedelta(days=self.config.media.lookahead_days)))
+
+    def _needed(self, within: timedelta) -> list[tuple[float, MediaRef]]:
+        now = self.clock.now()
+        first_need: dict[str, tuple[float, MediaRef]] = {}
+        for occurrence in occurrences(self.playlists.values(), now, now + within):
+            due_in = (occurrence.start - now).total_seconds()
+            for media in occurrence.items:
+                if media.sha256 not in first_need or due_in < first_need[media.sha256][0]:
+                    first_need[media.sha256] = (due_in, media)
+        for playlist in self.playlists.values():
+            for media in playlist.media.values():
+                if media.category == "emergency":
+                    first_need.setdefault(media.sha256, (0.0, media))
+        return list(first_need.values())
 
     def _on_media_done(self, done: MediaDone) -> None:
         self.media.fetched(done)
@@ -488,6 +506,22 @@ class Station:
             if self.link.publish(report.topic, report.payload):
                 self._published[report.id] = self.clock.monotonic()
 
+    def _cache_facts(self) -> dict[str, int]:
+        files = [p for p in self.cache.root.iterdir() if len(p.name) == 64] if (
+            self.cache.root.is_dir()
+        ) else []  # fmt: skip
+        missing = {
+            m.sha256
+            for _, m in self._needed(timedelta(hours=24))
+            if not self.cache.has(m.sha256, m.bytes)
+        }
+        return {
+            "files": len(files),
+            "bytes": sum(p.stat().st_size for p in files),
+            "missing_24h": len(missing),
+            "fetching": len(self.media.fetching),
+        }
+
     def _health(self) -> Health:
         state = self.ingestor.store.snapshot()
         view = self.ingestor.clock_view()
@@ -499,7 +533,7 @@ class Station:
             keyring=state.keyring.version if state.keyring else 0,
             volume=self.config.audio.default_volume,
             agent_version=AGENT_VERSION,
-            cache={"fetching": len(self.media.fetching)},
+            cache=self._cache_facts(),
             clock={
                 "synchronised": view.synchronised,
                 "trusted": trusted,
