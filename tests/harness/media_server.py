@@ -13,8 +13,12 @@ provides the function-scoped `media_server` fixture.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import re
 import socket
+import struct
 import sys
+import termios
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +35,9 @@ _WRITE_CHUNK = 16 * 1024
 # serve_forever() notices shutdown() only between polls; its default (0.5 s) would add half a
 # second to every test's teardown.
 _POLL_S = 0.02
+# A drop waits for the peer to acknowledge what was sent, polling this often, this many times.
+_DRAIN_POLL_S = 0.001
+_DRAIN_POLLS = 2000
 
 
 @dataclass
@@ -42,6 +49,11 @@ class Route:
     ``stall_before_headers``: accept the request and send nothing; ``stall_after``: send that
     many body bytes, then nothing. A stall lasts ``stall_s`` or until the server shuts down;
     then the connection is closed without sending the rest.
+
+    ``ranges``: honour ``Range: bytes=N-`` on a 200 route with a 206 and its Content-Range (a
+    start at or past the end gets a 416); ``drop_after``: send that many bytes of this answer's
+    body, then drop the connection abortively (TCP RST, as a carrier NAT does), with no clean
+    end; ``retry_after``: the value of a Retry-After header, sent whatever the status.
     """
 
     body: bytes = b""
@@ -52,12 +64,19 @@ class Route:
     stall_before_headers: bool = False
     stall_after: int | None = None
     stall_s: float = DEFAULT_STALL_S
+    ranges: bool = False
+    drop_after: int | None = None
+    retry_after: str | None = None
+
+
+_RANGE = re.compile(r"bytes=(\d+)-")
 
 
 @dataclass(frozen=True)
 class LoggedRequest:
     method: str
     path: str
+    range: str | None = None  # the request's Range header, if any
 
 
 class _Server(ThreadingHTTPServer):
@@ -83,7 +102,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         media = self.server.media
-        media.log(LoggedRequest("GET", self.path))
+        media.log(LoggedRequest("GET", self.path, self.headers.get("Range")))
         route = media.routes.get(self.path)
         if route is None:
             self.send_error(404)
@@ -96,19 +115,65 @@ class _Handler(BaseHTTPRequestHandler):
         if route.stall_before_headers:
             closing.wait(route.stall_s)
             return
-        self.send_response(route.status)
+        status, body, content_range = route.status, route.body, None
+        wanted = self.headers.get("Range")
+        match = _RANGE.fullmatch(wanted.strip()) if wanted is not None else None
+        if route.ranges and status == 200 and match is not None:
+            first = int(match.group(1))
+            if first >= len(route.body):
+                status, body, content_range = 416, b"", f"bytes */{len(route.body)}"
+            else:
+                status, body = 206, route.body[first:]
+                content_range = f"bytes {first}-{len(route.body) - 1}/{len(route.body)}"
+        self.send_response(status)
         if route.location is not None:
             self.send_header("Location", route.location)
+        if route.retry_after is not None:
+            self.send_header("Retry-After", route.retry_after)
+        if content_range is not None:
+            self.send_header("Content-Range", content_range)
         if not route.omit_length:
-            length = len(route.body) if route.content_length is None else route.content_length
+            overridden = route.content_length is not None and status == route.status
+            length = route.content_length if overridden else len(body)
             self.send_header("Content-Length", str(length))
+        if route.ranges:
+            self.send_header("Accept-Ranges", "bytes")
         self.send_header("Content-Type", "audio/mpeg")
         self.end_headers()
-        body = route.body if route.stall_after is None else route.body[: route.stall_after]
+        if route.stall_after is not None:
+            body = body[: route.stall_after]
+        if route.drop_after is not None:
+            body = body[: route.drop_after]
         for start in range(0, len(body), _WRITE_CHUNK):
             self.wfile.write(body[start : start + _WRITE_CHUNK])
-        if route.stall_after is not None:
+        if route.drop_after is not None:
+            self._drop(closing)
+        elif route.stall_after is not None:
             closing.wait(route.stall_s)
+
+    def _drop(self, closing: threading.Event) -> None:
+        # SO_LINGER with a zero timeout makes close() send a RST instead of a FIN, and discards
+        # what is still in the send queue; wait (briefly) for the client to have acknowledged
+        # every byte sent, so that it receives exactly ``drop_after`` bytes before the reset.
+        # The socket really closes only once rfile (a makefile() reference) is closed too.
+        self.wfile.flush()
+        self.close_connection = True
+        for _ in range(_DRAIN_POLLS):
+            if _unacknowledged(self.connection) == 0 or closing.wait(_DRAIN_POLL_S):
+                break
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.rfile.close()
+        self.connection.close()
+
+
+def _unacknowledged(sock: socket.socket) -> int:
+    """Bytes in the socket's send queue not yet acknowledged by the peer (Linux SIOCOUTQ)."""
+    try:
+        raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except OSError:
+        return 0
+    queued: int = struct.unpack("i", raw)[0]
+    return queued
 
 
 class MediaServer:
