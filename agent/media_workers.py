@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import itertools
 import queue
+import random
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from agent.cache import CacheFullError, MediaCache, MediaError
+from agent.cache import CacheFullError, MediaCache, MediaError, next_delay
 from agent.core.models import MediaRef
 from agent.loudness import LoudnessStore
 
@@ -24,6 +26,15 @@ class MediaDone:
     media: MediaRef
     error: str | None
     code: str | None  # a section 8 media code, or cache-full / cache-write-failed
+    retry_after_s: float | None = None  # the server asked (429/503) to wait this long
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantined:
+    sha256s: tuple[str, ...]  # cached files whose bytes no longer match their name
+
+
+FULL_CHECK = "full-integrity-check"
 
 
 class MediaWorkers:
@@ -31,11 +42,19 @@ class MediaWorkers:
         self,
         cache: MediaCache,
         loudness: LoudnessStore | None,
-        deliver: Callable[[MediaDone], None],
+        deliver: Callable[[MediaDone | Quarantined], None],
         *,
         parallel: int = 2,
+        monotonic: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
     ) -> None:
         self.cache = cache
+        self._monotonic = monotonic
+        self._rng = rng or random.Random()
+        # Failed media wait before the next attempt (jittered exponential backoff), so a
+        # thousand stations do not hammer a media server that has just come back.
+        self._attempts: dict[str, int] = {}  # runtime thread only
+        self._retry_at: dict[str, float] = {}  # runtime thread only
         self.loudness = loudness
         self._deliver = deliver
         self.fetching: set[str] = set()  # runtime thread only
@@ -46,19 +65,28 @@ class MediaWorkers:
         )
         self._order = itertools.count()
         self._parallel = parallel
-        self._measure_queue: queue.Queue[MediaRef | None] = queue.Queue()
+        self._measure_queue: queue.Queue[MediaRef | str | None] = queue.Queue()
         self._threads = [
             threading.Thread(target=self._fetch_loop, name=f"fetch-{n}", daemon=True)
             for n in range(parallel)
         ] + [threading.Thread(target=self._measure_loop, name="r128", daemon=True)]
 
     def start(self) -> None:
-        """Clear what a crash left half-written, then start both workers."""
+        """Clear what a crash left half-written (young partial downloads are kept: they
+        resume), check the cache quickly (sizes and times), then start the workers. A file that
+        looks changed gets a full re-hash in the background; a corrupt one is quarantined and,
+        no longer cached, fetched again."""
         self.cache.remove_partials()
         if self.loudness is not None:
             self.loudness.remove_temporaries()
+        if self.cache.verify_all(quick=True):
+            self.check_integrity()
         for thread in self._threads:
             thread.start()
+
+    def check_integrity(self) -> None:
+        """Queue a full re-hash of the cache (at start when something looks off, and daily)."""
+        self._measure_queue.put(FULL_CHECK)
 
     def stop(self) -> None:
         for _ in range(self._parallel):
@@ -68,18 +96,27 @@ class MediaWorkers:
     def fetch_missing(self, needed: Iterable[tuple[float, MediaRef]]) -> None:
         """Queue what is not cached, nearest need first (``needed``: seconds until the medium
         is first needed, and the medium), once while in flight; queue loudness for the rest."""
+        now = self._monotonic()
         for due_in, item in sorted(needed, key=lambda pair: pair[0]):
             if self.cache.has(item.sha256, item.bytes):
                 self.measure(item)
-            elif item.sha256 not in self.fetching:
+            elif item.sha256 not in self.fetching and self._retry_at.get(item.sha256, 0) <= now:
                 self.fetching.add(item.sha256)
                 self._fetch_queue.put((due_in, next(self._order), item))
 
     def fetched(self, done: MediaDone) -> None:
         """The runtime's bookkeeping for a fetch result."""
-        self.fetching.discard(done.media.sha256)
+        sha = done.media.sha256
+        self.fetching.discard(sha)
         if done.error is None:
+            self._attempts.pop(sha, None)
+            self._retry_at.pop(sha, None)
             self.measure(done.media)
+            return
+        attempt = self._attempts.get(sha, 0)
+        self._attempts[sha] = attempt + 1
+        delay = next_delay(attempt, done.retry_after_s, self._rng)
+        self._retry_at[sha] = self._monotonic() + delay
 
     def measure(self, media: MediaRef) -> None:
         """Once per run and medium: a file ffmpeg cannot measure is not retried every tick."""
@@ -90,8 +127,13 @@ class MediaWorkers:
             self._measure_queue.put(media)
 
     def _measure_loop(self) -> None:
+        # One background thread for the slow local work: loudness and full integrity checks.
         while (media := self._measure_queue.get()) is not None:
-            if self.loudness is not None:
+            if media == FULL_CHECK:
+                bad = self.cache.verify_all(quick=False)
+                if bad:
+                    self._deliver(Quarantined(tuple(bad)))
+            elif isinstance(media, MediaRef) and self.loudness is not None:
                 self.loudness.ensure(media.sha256, self.cache.path_for(media.sha256))
 
     def _fetch_loop(self) -> None:
@@ -99,7 +141,7 @@ class MediaWorkers:
             try:
                 self.cache.fetch(media.url, media.sha256, media.bytes)
             except MediaError as exc:
-                self._deliver(MediaDone(media, exc.detail, str(exc.code)))
+                self._deliver(MediaDone(media, exc.detail, str(exc.code), exc.retry_after_s))
             except CacheFullError as exc:
                 self._deliver(MediaDone(media, str(exc), "cache-full"))
             except OSError as exc:  # a disk fault: the fetcher must outlive it and say so

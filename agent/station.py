@@ -36,7 +36,7 @@ from agent.core.verify import Accepted, Rejection, Verdict
 from agent.ingest import Ingestor
 from agent.link import Connected, Disconnected, Link, Received
 from agent.loudness import LoudnessStore, db_to_gain
-from agent.media_workers import MediaDone, MediaWorkers
+from agent.media_workers import MediaDone, MediaWorkers, Quarantined
 from agent.outbox import Outbox, OutboxError
 from agent.player import Player, PlayItem, PlayResult
 from agent.programme import Outcome, Programme
@@ -97,6 +97,7 @@ Message = (
     | Stop
     | InputChange
     | Silent
+    | Quarantined
 )
 
 
@@ -141,7 +142,11 @@ class Station:
         )
         self.link = self.link_factory(self.inbox.put) if self.link_factory else None
         self.media = MediaWorkers(
-            self.cache, self.loudness, self.inbox.put, parallel=self.config.media.parallel
+            self.cache,
+            self.loudness,
+            self.inbox.put,
+            parallel=self.config.media.parallel,
+            monotonic=self.clock.monotonic,
         )
 
     # lifecycle -------------------------------------------------------------------------------
@@ -158,6 +163,7 @@ class Station:
         self.timers.every("heartbeat", self.config.reports.heartbeat_s, self._tick("heartbeat"))
         self.timers.every("replan", 3600, self._tick("replan"))
         self.timers.every("watch", 5, self._tick("watch"))
+        self.timers.every("integrity", 86400, self._tick("integrity"))
         self.timers.start()
         if self.link is not None:
             self.link.start()
@@ -207,6 +213,13 @@ class Station:
                 self.programme.done(message.result)
             case MediaDone():
                 self._on_media_done(message)
+            case Quarantined():
+                why = "cached file no longer matches its hash: quarantined, fetched again"
+                for sha in message.sha256s:
+                    self._event("media", "media-corrupt", why, {"sha256": sha})
+                self._fetch_missing()
+            case Tick(what="integrity"):
+                self.media.check_integrity()
             case InputChange():
                 self._on_input(message)
             case Silent():

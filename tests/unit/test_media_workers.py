@@ -8,7 +8,7 @@ from pathlib import Path
 
 from agent.cache import MediaCache
 from agent.core.models import MediaRef
-from agent.media_workers import MediaDone, MediaWorkers
+from agent.media_workers import MediaDone, MediaWorkers, Quarantined
 from tests.harness.media_server import MediaServer
 
 
@@ -34,3 +34,45 @@ def test_nearest_need_first_once_each(tmp_path: Path) -> None:
         for result in results:
             workers.fetched(result)
         assert workers.fetching == set()
+
+
+def test_a_failed_medium_waits_before_it_is_tried_again(tmp_path: Path) -> None:
+    import random
+
+    done: queue.Queue[object] = queue.Queue()
+    now = [1000.0]
+    with MediaServer() as server:
+        gone = ref(server, "gone", b"x" * 100)
+        server.add("/gone.mp3", b"", status=503, retry_after="120")
+        workers = MediaWorkers(MediaCache(tmp_path, allow_http=True), None, done.put,
+                               parallel=1, monotonic=lambda: now[0],
+                               rng=random.Random(1))  # fmt: skip
+        workers.start()
+        workers.fetch_missing([(10.0, gone)])
+        result = done.get(timeout=10)
+        assert isinstance(result, MediaDone) and result.code == "media-unreachable"
+        assert result.retry_after_s == 120
+        workers.fetched(result)
+        workers.fetch_missing([(10.0, gone)])  # too soon: the server asked for two minutes
+        assert workers.fetching == set()
+        now[0] += 121
+        workers.fetch_missing([(10.0, gone)])
+        assert workers.fetching == {gone.sha256}
+        done.get(timeout=10)
+        workers.stop()
+
+
+def test_a_corrupted_cache_file_is_quarantined_at_start(tmp_path: Path) -> None:
+    done: queue.Queue[object] = queue.Queue()
+    cache = MediaCache(tmp_path, allow_http=True)
+    body = b"good bytes" * 10
+    sha = hashlib.sha256(body).hexdigest()
+    (tmp_path / sha).write_bytes(body)
+    assert cache.verify_all(quick=False) == []  # recorded as verified
+    (tmp_path / sha).write_bytes(b"bad bytes!" * 10)  # same size, other bytes, new mtime
+    workers = MediaWorkers(cache, None, done.put, parallel=1)
+    workers.start()
+    found = done.get(timeout=10)
+    workers.stop()
+    assert isinstance(found, Quarantined) and found.sha256s == (sha,)
+    assert not (tmp_path / sha).exists() and (tmp_path / "quarantine" / sha).exists()
