@@ -90,6 +90,7 @@ class MediaConfig:
     timeout_s: float = 30.0
     lookahead_days: float = 3.0  # media for this far ahead is fetched, nearest start first
     parallel: int = 2  # downloads at once: enough to hide latency, few enough for a 4G link
+    quota_mb: float = 0.0  # cache quota; 0: none (the disk is the limit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,6 +281,7 @@ def load_config(text: str, env: Mapping[str, str], base_dir: Path) -> Config:
         timeout_s=_number(media_t, "timeout_s", 30.0, "media", 1, 600),
         lookahead_days=_number(media_t, "lookahead_days", 3.0, "media", 0.1, 30),
         parallel=int(_number(media_t, "parallel", 2, "media", 1, 8)),
+        quota_mb=_number(media_t, "quota_mb", 0.0, "media", 0, 1_000_000),
     )
     reports_t = _table(doc, "reports")
     reports = ReportsConfig(

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from agent.cache import CacheFullError, MediaCache, MediaError, next_delay
 from agent.core.models import MediaRef
 from agent.loudness import LoudnessStore
+from agent.quota import make_room
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,10 +46,13 @@ class MediaWorkers:
         deliver: Callable[[MediaDone | Quarantined], None],
         *,
         parallel: int = 2,
+        quota_bytes: int = 0,  # 0: no quota
         monotonic: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
         self.cache = cache
+        self.quota_bytes = quota_bytes
+        self._in_flight: dict[str, MediaRef] = {}  # runtime thread only
         self._monotonic = monotonic
         self._rng = rng or random.Random()
         # Failed media wait before the next attempt (jittered exponential backoff), so a
@@ -93,21 +97,45 @@ class MediaWorkers:
             self._fetch_queue.put((float("-inf"), next(self._order), None))
         self._measure_queue.put(None)
 
-    def fetch_missing(self, needed: Iterable[tuple[float, MediaRef]]) -> None:
+    def fetch_missing(
+        self, needed: Iterable[tuple[float, MediaRef]], keep: Iterable[str] = ()
+    ) -> list[str]:
         """Queue what is not cached, nearest need first (``needed``: seconds until the medium
-        is first needed, and the medium), once while in flight; queue loudness for the rest."""
+        is first needed, and the medium), once while in flight; queue loudness for the rest.
+        With a quota, room is made first by evicting media outside ``keep`` (what the playlists
+        in force reference); returns the evicted hashes."""
         now = self._monotonic()
+        evicted: list[str] = []
+        keep = set(keep)
         for due_in, item in sorted(needed, key=lambda pair: pair[0]):
             if self.cache.has(item.sha256, item.bytes):
                 self.measure(item)
             elif item.sha256 not in self.fetching and self._retry_at.get(item.sha256, 0) <= now:
+                if self.quota_bytes:
+                    in_flight = sum(m.bytes for m in self._in_flight.values())
+                    room = make_room(
+                        self.cache.root, self.quota_bytes, item.bytes + in_flight,
+                        keep | self.fetching,
+                    )  # fmt: skip
+                    evicted.extend(room.evicted)
+                    if not room.ok:
+                        full = "no room under the cache quota without evicting needed media"
+                        self._deliver(MediaDone(item, full, "cache-full"))
+                        self.fetching.add(item.sha256)  # answered by that MediaDone
+                        continue
                 self.fetching.add(item.sha256)
+                self._in_flight[item.sha256] = item
                 self._fetch_queue.put((due_in, next(self._order), item))
+        for sha in evicted:
+            if self.loudness is not None:
+                self.loudness.discard(sha)
+        return evicted
 
     def fetched(self, done: MediaDone) -> None:
         """The runtime's bookkeeping for a fetch result."""
         sha = done.media.sha256
         self.fetching.discard(sha)
+        self._in_flight.pop(sha, None)
         if done.error is None:
             self._attempts.pop(sha, None)
             self._retry_at.pop(sha, None)

@@ -40,6 +40,7 @@ from agent.media_workers import MediaDone, MediaWorkers, Quarantined
 from agent.outbox import Outbox, OutboxError
 from agent.player import Player, PlayItem, PlayResult
 from agent.programme import Outcome, Programme
+from agent.quota import touch
 from agent.scheduler import MISFIRE_GRACE_S, Timers
 from hal.inputs import InputChange, Inputs
 
@@ -146,6 +147,7 @@ class Station:
             self.loudness,
             self.inbox.put,
             parallel=self.config.media.parallel,
+            quota_bytes=int(self.config.media.quota_mb * 1024 * 1024),
             monotonic=self.clock.monotonic,
         )
 
@@ -406,12 +408,18 @@ class Station:
             )
             gain = db_to_gain(correction)
         chime = media.category in audio.chime_categories
+        touch(self.cache.path_for(media.sha256))  # least recently used is evicted first
         return PlayItem(media.name, media.sha256, self.cache.path_for(media.sha256), gain, chime)
 
     def _fetch_missing(self) -> None:
         """Everything the next ``media.lookahead_days`` need, nearest start first; media of
         category ``emergency`` always (they must be ready before anyone knows when)."""
-        self.media.fetch_missing(self._needed(timedelta(days=self.config.media.lookahead_days)))
+        keep = {m.sha256 for p in self.playlists.values() for m in p.media.values()}
+        needed = self._needed(timedelta(days=self.config.media.lookahead_days))
+        for sha in self.media.fetch_missing(needed, keep):
+            self._event(
+                "media", "evicted", "evicted to stay under the cache quota", {"sha256": sha}
+            )
 
     def _needed(self, within: timedelta) -> list[tuple[float, MediaRef]]:
         now = self.clock.now()
