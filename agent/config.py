@@ -82,6 +82,7 @@ class AudioConfig:
     loudness_target_lufs: float | None = -16.0  # None: play files as they are
     loudness_max_gain_db: float = 12.0
     chime_categories: tuple[str, ...] = ("announcement",)
+    fallback: Path | None = None  # local programme played when a slot's media is missing
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +244,11 @@ def load_config(text: str, env: Mapping[str, str], base_dir: Path) -> Config:
         ),
         loudness_max_gain_db=_number(audio_t, "loudness_max_gain_db", 12.0, "audio", 0, 30),
         chime_categories=tuple(_string_list(audio_t, "chime_categories", ["announcement"])),
+        fallback=(
+            base_dir / _typed(audio_t, "fallback", str, "", "audio")
+            if audio_t.get("fallback")
+            else None
+        ),
     )
     inputs_t = _table(doc, "inputs")
     input_pins: dict[str, int] = {}

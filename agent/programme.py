@@ -10,8 +10,9 @@ at the right offset (partial) and reports what it missed. Runs on the runtime's 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from agent.core.arbiter import Position, advance, catch_up, closes_at
 from agent.core.clock import Clock
@@ -56,7 +57,15 @@ class Programme:
         volume: Callable[[Occurrence], int],
         report: Callable[[Outcome], None],
         resume_window: timedelta,
+        fallback: Path | None = None,
     ) -> None:
+        # A local file the technician put on the station, played when a slot's media is missing.
+        self._fallback_path = fallback
+        self._fallback = (
+            MediaRef("fallback", fallback.as_uri(), "0" * 64, 1, None, "fallback", "other")
+            if fallback is not None
+            else None
+        )
         self._clock = clock
         self._player = player
         self._media_ready = media_ready
@@ -120,7 +129,13 @@ class Programme:
             return  # replaced by a newer playlist since the timer was set, or already on
         if not all(self._media_ready(m) for m in occurrence.items):
             self._report(Outcome(occurrence, "failed", "media-missing"))
-            return
+            if self._fallback is None or self._player.busy:
+                return
+            # The station's local fallback programme fills the slot (OBPlayer and info-beamer
+            # keep one); it is reported as its own as-run, never as the slot's content.
+            occurrence = replace(occurrence, slot_id=f"{occurrence.slot_id}#fallback",
+                                 items=(self._fallback,))  # fmt: skip
+            self.plan[occurrence.key] = occurrence
         current = self.playing
         if current is not None and self._player.busy:
             if not outranks(occurrence, current):
@@ -199,7 +214,7 @@ class Programme:
         self._player.play(
             PlayRequest(
                 key=occurrence.key,
-                items=tuple(self._media_path(m) for m in occurrence.items),
+                items=tuple(self._item(m) for m in occurrence.items),
                 zones=occurrence.zones,
                 gain=self._volume(occurrence) / 100,
                 gap_s=occurrence.gap_s,
@@ -211,8 +226,15 @@ class Programme:
             replacing=replacing,
         )
 
+    def _item(self, media: MediaRef) -> PlayItem:
+        if self._fallback is not None and media is self._fallback and self._fallback_path:
+            return PlayItem(media.name, media.sha256, self._fallback_path)
+        return self._media_path(media)
+
     def _finish(self, segment: Segment, outcome: str, reason: str | None) -> None:
         self.segments.pop(segment.occurrence.key, None)
+        if segment.occurrence.slot_id.endswith("#fallback") and reason is None:
+            reason = "local fallback programme: the slot's media was missing"
         if outcome == "complete" and segment.joined_late:
             outcome, reason = "partial", "joined late after a restart"
         elif outcome == "complete" and segment.interrupted_by:

@@ -140,6 +140,7 @@ class Station:
             volume=self._volume,
             report=self._asrun,
             resume_window=timedelta(seconds=self.config.schedule.resume_window_s),
+            fallback=self.config.audio.fallback,
         )
         self.link = self.link_factory(self.inbox.put) if self.link_factory else None
         self.media = MediaWorkers(

@@ -168,3 +168,30 @@ def test_overdue_occurrences_are_missed_never_played_late(
 
 def test_media_ref_is_what_the_programme_plays() -> None:
     assert MediaRef.__slots__  # the programme hands MediaRef to media_ready/media_path
+
+
+def test_missing_media_plays_the_local_fallback(mock_pins: Any, fake_clock: FakeClock) -> None:
+    rig = Rig(mock_pins, fake_clock, ready=False)
+    rig.programme = Programme(
+        fake_clock, rig.player,
+        media_ready=lambda m: False,
+        media_path=lambda m: PlayItem(m.name, m.sha256, Path(m.name)),
+        volume=lambda o: 80,
+        report=rig.reported.append,
+        resume_window=WINDOW,
+        fallback=Path("/srv/loa/fallback.mp3"),
+    )  # fmt: skip
+    news = occ("news", "06:00")
+    rig.programme.replace_plan([news], news.start, lambda k: False)
+    at(fake_clock, news)
+    rig.programme.fire(news.key)
+    assert rig.outcomes() == [("news", "failed", "media-missing")]
+    assert rig.player.current is not None
+    assert rig.player.current.items[0].path == Path("/srv/loa/fallback.mp3")
+    rig.pump()
+    assert rig.outcomes()[-1] == (
+        "news#fallback",
+        "complete",
+        "local fallback programme: the slot's media was missing",
+    )
+    rig.close()
