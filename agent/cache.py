@@ -180,6 +180,17 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     return max(0.0, when.timestamp() - now)
 
 
+CRASH_EXIT = 86
+
+
+def crash_point(name: str) -> None:
+    """Deterministic crash tests: ``LOA_CRASH_AT=<name>`` makes the process die right here, as a
+    power cut would (no clean-up, no finally blocks). Points: after-download, before-rename,
+    after-rename."""
+    if os.environ.get("LOA_CRASH_AT") == name:
+        os._exit(CRASH_EXIT)
+
+
 def next_delay(
     attempt: int,
     retry_after_s: float | None,
@@ -280,6 +291,7 @@ class MediaCache:
         try:
             try:
                 self._download(request, sha256, size, fd, resumable=stable)
+                crash_point("after-download")
                 self._local(os.fchmod, fd, 0o644)  # mkstemp made it 0600; players may not be root
                 self._local(os.fsync, fd)
             except BaseException as exc:
@@ -288,7 +300,9 @@ class MediaCache:
             finally:
                 kept = stable and self._keep_partial(fd, failure)
                 self._local(os.close, fd)  # also releases the flock
+            crash_point("before-rename")
             os.replace(partial, target)
+            crash_point("after-rename")
         except BaseException:
             if not kept:
                 partial.unlink(missing_ok=True)
