@@ -107,13 +107,16 @@ class Mosquitto:
     def url(self) -> str:
         return f"mqtts://{self.host}:{self.port}"
 
-    def start(self, timeout: float = 10.0) -> None:
+    def start(self, timeout: float = 10.0, *, same_port: bool = False) -> None:
+        """Start on a free port, or with ``same_port`` on the port of the previous run (a
+        broker coming back after an outage, where clients already know its address)."""
         if self._process is not None:
             raise BrokerError("broker already started")
         self.directory.mkdir(parents=True, exist_ok=True)
         # Another process may grab the free port before mosquitto binds it: try a few ports.
-        for _attempt in range(3):
-            self.port = free_port(self.host)
+        for attempt in range(3):
+            if not (same_port and attempt == 0 and self.port):
+                self.port = free_port(self.host)
             self.conf_path.write_text(render_conf(self.files, self.host, self.port), "utf-8")
             self._log_file = self.log_path.open("ab")
             self._process = subprocess.Popen(

@@ -129,7 +129,11 @@ class MosquittoBroker:
         tmp.replace(self.acl_path)
 
     # -- lifecycle: the same broker process the province's demo runs -------------------------
-    def start(self, timeout: float = START_TIMEOUT_S) -> None:
+    def start(self, timeout: float = START_TIMEOUT_S, *, same_port: bool = False) -> None:
+        if same_port and self._broker is not None:
+            self._broker.start(timeout, same_port=True)
+            self.port = self._broker.port
+            return
         files = BrokerFiles(
             self.ca_path, self.server_cert_path, self.server_key_path, self.acl_path
         )
