@@ -542,6 +542,7 @@ class Station:
             "bytes": sum(p.stat().st_size for p in files),
             "missing_24h": len(missing),
             "fetching": len(self.media.fetching),
+            "quota_bytes": self.media.quota_bytes,  # 0: no quota
         }
 
     def _health(self) -> Health:
