@@ -8,7 +8,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Debian packages: the compiler and headers pyaudio builds with, the real broker, decoder and
 # sound parts the integration tests use.
-APT_PACKAGES := python3-venv python3-dev gcc make mosquitto mosquitto-clients ffmpeg \
+APT_PACKAGES := python3-venv python3-dev gcc make mosquitto mosquitto-clients ffmpeg curl \
                 portaudio19-dev libasound2-plugins alsa-utils openssl pulseaudio pulseaudio-utils
 
 .PHONY: test lint typecheck unit sysdeps venv demo clean
@@ -53,6 +53,8 @@ bench: venv
 	$(BIN)/python -m bench.start_accuracy
 	$(BIN)/python -m bench.preemption
 	$(BIN)/python -m bench.memory_60min
+	$(BIN)/python -m bench.prefetch
+	$(BIN)/python -m bench.cache_scan
 	$(BIN)/python -m bench.report
 
 demo: venv
