@@ -31,7 +31,7 @@ from agent.core.verify import PAYLOAD_KINDS
 from agent.link import LinkError, TlsFiles, parse_broker_url, tls_client
 from province.errors import ProvinceError
 from province.registry import Registry
-from province.signing import BodyError, check_body
+from province.signing import BodyError, check_body, subject
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,25 +60,24 @@ def route(envelope: bytes, now: datetime) -> Outgoing:
         raise ProvinceError(str(exc)) from exc
     if kind != body_kind:
         raise ProvinceError(f"payload type says {kind}, body says {body_kind}")
-    doc: dict[str, Any] = json.loads(parsed.body)
+    # Who and which: named once, as the signing log names them (province.signing.subject).
+    _, issuer, target, label = subject(parsed.body)
+    body, retained = parsed.body, True
     if kind == "playlist":
-        topic = f"loa/v1/{doc['target']}/playlist/{doc['issuer']}"
-        return Outgoing(topic, kind, doc["issuer"], doc["target"], f"v{doc['version']}",
-                        parsed.body, envelope, True, None)  # fmt: skip
+        return Outgoing(f"loa/v1/{target}/playlist/{issuer}", kind, issuer, target, label,
+                        body, envelope, retained, None)  # fmt: skip
     if kind == "keyring":
-        p = doc["province"]
-        return Outgoing(f"loa/v1/{p}/keyring/{doc['version']}", kind, p, p, f"v{doc['version']}",
-                        parsed.body, envelope, True, None)  # fmt: skip
+        return Outgoing(f"loa/v1/{issuer}/keyring/{label[1:]}", kind, issuer, target, label,
+                        body, envelope, retained, None)  # fmt: skip
     if kind == "time":
-        p = doc["province"]
-        return Outgoing(
-            f"loa/v1/{p}/time", kind, p, p, doc["ts"], parsed.body, envelope, True, None
-        )
-    left = int((parse_rfc3339(doc["expires"]) - now).total_seconds())
+        return Outgoing(f"loa/v1/{issuer}/time", kind, issuer, target, label, body, envelope,
+                        retained, None)  # fmt: skip
+    expires = json.loads(body)["expires"]
+    left = int((parse_rfc3339(expires) - now).total_seconds())
     if left <= 0:
-        raise ProvinceError(f"command {doc['id']} has already expired")
-    return Outgoing(f"loa/v1/{doc['target']}/cmd", kind, doc["issuer"], doc["target"], doc["id"],
-                    parsed.body, envelope, False, left)  # fmt: skip
+        raise ProvinceError(f"command {label} has already expired")
+    return Outgoing(f"loa/v1/{target}/cmd", kind, issuer, target, label, body, envelope, False,
+                    left)  # fmt: skip
 
 
 class Publisher:
