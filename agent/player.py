@@ -79,7 +79,6 @@ class PlayResult:
     item: int  # where playback stood when it ended: item index…
     item_offset_s: float  # …and seconds into it (to resume an interrupted occurrence)
     silent: bool = False  # the input channel heard nothing while it should have
-    level_source: str = "digital"  # "measured" when an input channel heard the output
 
 
 class Player:
@@ -334,7 +333,6 @@ class Player:
                     item=item,
                     item_offset_s=first_offset + item_frames / SAMPLE_RATE,
                     silent=silent,
-                    level_source="measured" if probing else "digital",
                 )
             )
 
