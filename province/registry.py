@@ -3,7 +3,7 @@
 It owns what the province knows and has said: its stations (id, TLS certificate, report-signing
 key), what it published (so coverage knows what was expected), and what stations reported
 (deduplicated on station, kind and seq, with the receipt watermark per station and kind), what
-it refused, and each station's last birth or Will.
+it refused, and each station's last birth or Will with the history of them all.
 Files of the province home:
 
     HOME/registry.db            this database
@@ -44,6 +44,10 @@ CREATE TABLE IF NOT EXISTS refused (
 CREATE TABLE IF NOT EXISTS station_state (
     station TEXT PRIMARY KEY, online INTEGER NOT NULL, body BLOB NOT NULL,
     received_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS state_log (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, station TEXT NOT NULL, online INTEGER NOT NULL,
+    body BLOB NOT NULL, received_at TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS state_log_station ON state_log (station, received_at);
 """
 
 # A refused payload is kept for diagnosis, not as evidence: capped so a misbehaving station
@@ -316,6 +320,18 @@ class Registry:
             if wanted is None or st in wanted
         ]
 
+    def last_report(self, station: str, kind: str) -> StoredReport | None:
+        """The stored report of (station, kind) with the highest seq, gaps below it or not."""
+        row = self.db.execute(
+            "SELECT station, kind, seq, session, body, received_at FROM report "
+            "WHERE station = ? AND kind = ? ORDER BY seq DESC LIMIT 1",
+            (station, kind),
+        ).fetchone()
+        if row is None:
+            return None
+        st, k, seq, session, body, at = row
+        return StoredReport(st, k, seq, session, bytes(body), at)
+
     def refuse(self, topic: str, reason: str, payload: bytes, received_at: str) -> None:
         with self.db:
             self.db.execute(
@@ -330,6 +346,7 @@ class Registry:
         return [Refusal(t, r, bytes(p), at) for t, r, p, at in rows]
 
     def set_station_state(self, station: str, online: bool, body: bytes, received_at: str) -> None:
+        """The station's current state, and one more line of its history (both or neither)."""
         with self.db:
             self.db.execute(
                 "INSERT INTO station_state VALUES (?, ?, ?, ?) ON CONFLICT(station) DO UPDATE "
@@ -337,6 +354,20 @@ class Registry:
                 "received_at = excluded.received_at",
                 (station, int(online), body, received_at),
             )
+            self.db.execute(
+                "INSERT INTO state_log (station, online, body, received_at) VALUES (?, ?, ?, ?)",
+                (station, int(online), body, received_at),
+            )
+
+    def state_history(self, station: str, since: str, until: str) -> list[StationState]:
+        """Every state the station reported with ``since <= received_at < until`` (both in
+        ``received_at_text`` form), oldest first; equal times keep their arrival order."""
+        rows = self.db.execute(
+            "SELECT station, online, body, received_at FROM state_log WHERE station = ? "
+            "AND received_at >= ? AND received_at < ? ORDER BY received_at, id",
+            (station, since, until),
+        )
+        return [StationState(st, bool(on), bytes(body), at) for st, on, body, at in rows]
 
     def station_state(self, station: str) -> StationState | None:
         row = self.db.execute(
