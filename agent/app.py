@@ -93,7 +93,7 @@ def build_station(config: Config, clock: Clock) -> tuple[Station, Callable[[], N
         def link_factory(deliver: Callable[[LinkEvent], None]) -> Link:
             return Link(
                 config.station,
-                config.broker.urls[0],
+                config.broker.urls,
                 tls,
                 deliver,
                 will_payload=offline,

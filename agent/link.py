@@ -3,14 +3,21 @@
 paho's network thread never does the station's work: every callback only builds a frozen
 message and calls ``deliver`` (the runtime's queue put). Publishing is thread-safe in paho and
 is called from the runtime's thread. The Will on ``state`` carries a Will Delay so a short drop
-raises no alarm; reconnects back off (paho doubles the delay up to the maximum).
+raises no alarm.
+
+The link owns its reconnects (paho's own retry knows one broker and no jitter): a station has a
+list of brokers and tries them in turn, staying with the one that last worked; between attempts
+it waits a jittered, exponentially growing delay ("full jitter"), so that when a broker restarts
+a thousand stations do not come back in the same second.
 """
 
 from __future__ import annotations
 
 import contextlib
+import random
 import ssl
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,7 +87,18 @@ def parse_broker_url(url: str) -> tuple[str, int]:
     return parts.hostname, parts.port or 8883
 
 
-def tls_client(client_id: str, tls: TlsFiles) -> Client:
+def reconnect_delay(
+    attempt: int, rng: random.Random, *, base_s: float = 2.0, cap_s: float = 120.0
+) -> float:
+    """Seconds to wait before reconnect ``attempt`` (0 for the first after a drop): uniform
+    between a floor and ``base * 2**attempt`` capped ("full jitter"). Even the first wait is
+    random: when a broker restarts every station loses it in the same instant."""
+    ceiling = min(cap_s, base_s * 2 ** min(attempt, 30))
+    floor = min(0.5, ceiling)
+    return rng.uniform(floor, ceiling)
+
+
+def tls_client(client_id: str, tls: TlsFiles, *, reconnect_on_failure: bool = True) -> Client:
     """A paho client as every Loa party uses it: MQTT 5, callback API 2, mutual TLS.
 
     Raises LinkError when the TLS files cannot be loaded (missing, unreadable, not matching)."""
@@ -88,6 +106,7 @@ def tls_client(client_id: str, tls: TlsFiles) -> Client:
         callback_api_version=CallbackAPIVersion.VERSION2,
         client_id=client_id,  # the broker takes it from the certificate anyway
         protocol=MQTTProtocolVersion.MQTTv5,
+        reconnect_on_failure=reconnect_on_failure,
     )
     try:
         client.tls_set(
@@ -105,7 +124,7 @@ class Link:
     def __init__(
         self,
         station: StationId,
-        broker_url: str,
+        broker_urls: Sequence[str],
         tls: TlsFiles,
         deliver: Callable[[LinkEvent], None],
         *,
@@ -113,18 +132,29 @@ class Link:
         keepalive_s: int = 120,
         will_delay_s: int = 60,
         session_expiry_s: int = 600,
+        reconnect_base_s: float = 2.0,
+        reconnect_cap_s: float = 120.0,
+        rng: random.Random | None = None,
     ) -> None:
+        if not broker_urls:
+            raise LinkError("no broker URL configured")
         self.station = station
-        self._host, self._port = parse_broker_url(broker_url)
+        self.brokers = [parse_broker_url(url) for url in broker_urls]
         self._deliver = deliver
         self._keepalive = keepalive_s
         self._session_expiry = session_expiry_s
+        self._reconnect_base = reconnect_base_s
+        self._reconnect_cap = reconnect_cap_s
+        self._rng = rng or random.SystemRandom()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
         self.connected = False
-        client = tls_client(station.path, tls)
+        self._session_up = False  # this connection attempt got a CONNACK that was not a refusal
+        self.broker_index = 0  # the broker tried next, or connected to now
+        client = tls_client(station.path, tls, reconnect_on_failure=False)
         will_props = Properties(PacketTypes.WILLMESSAGE)  # type: ignore[no-untyped-call]
         will_props.WillDelayInterval = will_delay_s
         client.will_set(self.state_topic, will_payload, qos=1, retain=True, properties=will_props)
-        client.reconnect_delay_set(min_delay=1, max_delay=120)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -135,12 +165,36 @@ class Link:
         return f"{self.station.prefix}/state"
 
     def start(self) -> None:
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = self._session_expiry
-        self._client.connect_async(
-            self._host, self._port, keepalive=self._keepalive, clean_start=False, properties=props
-        )
-        self._client.loop_start()
+        self._thread = threading.Thread(target=self._run, name="loa-link", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        """Connect, serve until the connection ends, wait, try again; until ``stop``."""
+        attempt = 0
+        while not self._stopping.is_set():
+            host, port = self.brokers[self.broker_index]
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = self._session_expiry
+            self._session_up = False
+            try:
+                self._client.connect(
+                    host, port, keepalive=self._keepalive, clean_start=False, properties=props
+                )
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                self._deliver(Disconnected(f"cannot reach {host}:{port}: {exc}"))
+            else:
+                # Returns when the connection ends (reconnect_on_failure is off) or on stop.
+                self._client.loop_forever()
+            if self._session_up:
+                attempt = 0  # it worked: the same broker first, after a short wait
+            else:
+                # Refused or unreachable: the next broker in the list.
+                self.broker_index = (self.broker_index + 1) % len(self.brokers)
+            delay = reconnect_delay(
+                attempt, self._rng, base_s=self._reconnect_base, cap_s=self._reconnect_cap
+            )
+            attempt += 1
+            self._stopping.wait(delay)
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> bool:
         """Queue a QoS 1 publish; False when not connected (the outbox keeps the report)."""
@@ -151,13 +205,15 @@ class Link:
 
     def stop(self, last_words: bytes | None = None, timeout_s: float = 5.0) -> None:
         """Say goodbye on ``state`` (a clean disconnect suppresses the Will), then close."""
+        self._stopping.set()
         if last_words is not None and self.connected:
             info = self._client.publish(self.state_topic, last_words, qos=1, retain=True)
             # Not connected any more: the Will says it for us.
             with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(timeout_s)
         self._client.disconnect()
-        self._client.loop_stop()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
 
     # paho callbacks: run on paho's thread, enqueue only -----------------------------------
 
@@ -173,6 +229,7 @@ class Link:
             self._deliver(Disconnected(f"connect refused: {reason_code}"))
             return
         self.connected = True
+        self._session_up = True
         # Renewed on every connect: a broker that lost the session still serves us.
         client.subscribe([(topic, 1) for topic in down_topics(self.station)])
         self._deliver(Connected(bool(flags.session_present)))
