@@ -9,7 +9,8 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages: the compiler and headers pyaudio builds with, the real broker, decoder and
 # sound parts the integration tests use.
 APT_PACKAGES := python3-venv python3-dev gcc make mosquitto mosquitto-clients ffmpeg curl \
-                portaudio19-dev libasound2-plugins alsa-utils openssl pulseaudio pulseaudio-utils
+                portaudio19-dev libasound2-plugins alsa-utils openssl pulseaudio pulseaudio-utils \
+                postgresql libpq5
 
 .PHONY: test lint typecheck unit sysdeps venv demo clean
 

@@ -24,9 +24,10 @@ from agent.link import LinkError, TlsFiles, parse_broker_url
 from province.collector import Collector
 from province.coverage import coverage, render_csv, render_summary, render_table, summarize
 from province.errors import ProvinceError
-from province.registry import Registry
+from province.registry import Registry, open_registry
 
 HOME_ENV = "LOA_PROVINCE_HOME"
+STORE_ENV = "LOA_PROVINCE_STORE"  # a postgresql:// URL: the registry there, not HOME/registry.db
 DEFAULT_WINDOW = timedelta(hours=24)
 READY_TIMEOUT_S = 30.0
 HOME_HELP = f"province home (default: ${HOME_ENV}, else ./province-home)"
@@ -65,6 +66,9 @@ def _home(args: argparse.Namespace) -> Path:
 
 
 def _open_registry(home: Path) -> Registry:
+    store = os.environ.get(STORE_ENV)
+    if store:  # a province on PostgreSQL: its registry is not a file in the home
+        return open_registry(store)
     path = home / "registry.db"
     if not path.exists():
         # Opening would create an empty registry and report nothing, which looks like success.

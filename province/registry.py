@@ -1,12 +1,15 @@
-"""The province's registry: one SQLite database in the province home directory.
+"""The province's registry: what the province knows and has said, behind one storage interface.
 
 It owns what the province knows and has said: its stations (id, TLS certificate, report-signing
 key), what it published (so coverage knows what was expected), and what stations reported
 (deduplicated on station, kind and seq, with the receipt watermark per station and kind), what
-it refused, and each station's last birth or Will with the history of them all.
+it refused, and each station's last birth or Will with the history of them all. It also owns
+the schema and every SQL statement; a ``Store`` only carries them to a database: ``SqliteStore``
+here (one file, the embedded default), ``province.registry_pg.PostgresStore`` for a province
+that outgrows one file. ``open_registry`` picks by location.
 Files of the province home:
 
-    HOME/registry.db            this database
+    HOME/registry.db            this database (unless LOA_PROVINCE_STORE names a PostgreSQL one)
     HOME/ca/ca.crt, ca.key      the province's device CA (stations and broker)
     HOME/operator/operator.crt  the province's own broker identity (CN province-PP), .key beside
 """
@@ -14,14 +17,20 @@ Files of the province home:
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, Protocol
 
 from agent.core.targets import StationId, is_within
 
-_SCHEMA = """
+# The schema in SQLite's words; PostgresStore translates the types (registry_pg.py). A watermark
+# row with upto -1 marks a (station, kind) that has reports but no seq 0 yet: the row exists so
+# that a writer can lock it (see store_report).
+SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS station (
     id TEXT PRIMARY KEY, province TEXT NOT NULL, commune TEXT NOT NULL, name TEXT NOT NULL,
@@ -49,6 +58,8 @@ CREATE TABLE IF NOT EXISTS state_log (
     body BLOB NOT NULL, received_at TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS state_log_station ON state_log (station, received_at);
 """
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 # A refused payload is kept for diagnosis, not as evidence: capped so a misbehaving station
 # cannot fill the province's disk through the refusal log.
@@ -126,17 +137,112 @@ class StationState:
     received_at: str
 
 
-class Registry:
+Row = tuple[Any, ...]
+
+
+class Store(Protocol):
+    """One connection to a registry database. Statements are the registry's, written with ``?``
+    placeholders; a store runs them as they are or in its driver's placeholder style.
+
+    Outside ``transaction()`` every statement commits on its own. Inside it, statements of this
+    store (from any thread: the store serialises them) are one transaction, committed when the
+    block ends, rolled back when it raises.
+    """
+
+    location: str  # for messages: a path, or a URL without its password
+    for_update: str  # appended to a SELECT inside a transaction: lock its rows until the end
+    integrity_errors: tuple[type[Exception], ...]  # what a violated key or constraint raises
+
+    def rows(self, sql: str, params: Sequence[object] = ()) -> list[Row]: ...
+
+    def write(self, sql: str, params: Sequence[object] = ()) -> int:
+        """Run one statement; the number of rows it changed."""
+        ...
+
+    def transaction(self) -> AbstractContextManager[None]: ...
+
+    def close(self) -> None: ...
+
+
+class SqliteStore:
+    """The embedded default: one SQLite file, WAL, synchronous writes."""
+
+    # BEGIN IMMEDIATE already holds the database's one write lock for the whole transaction.
+    for_update = ""
+    integrity_errors: tuple[type[Exception], ...] = (sqlite3.IntegrityError,)
+
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.location = str(path)
         self.db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(_SCHEMA)
+        self.db.executescript(SCHEMA)
+        # One connection shared by threads: a transaction must not take in another thread's
+        # statements, so each statement and each transaction holds this lock.
+        self._lock = threading.RLock()
+
+    def rows(self, sql: str, params: Sequence[object] = ()) -> list[Row]:
+        with self._lock:
+            return self.db.execute(sql, params).fetchall()
+
+    def write(self, sql: str, params: Sequence[object] = ()) -> int:
+        with self._lock:
+            return self.db.execute(sql, params).rowcount
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        with self._lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                if self.db.in_transaction:  # SQLite may have rolled back already (disk full)
+                    self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
 
     def close(self) -> None:
         self.db.close()
+
+
+def open_registry(location: str | Path) -> Registry:
+    """A ``postgresql://`` (or ``postgres://``) URL opens that PostgreSQL database; anything
+    else is the path of a SQLite file. Either way the schema is created if it is missing."""
+    if isinstance(location, str) and location.startswith(POSTGRES_SCHEMES):
+        # Imported here: psycopg is an optional extra, and SQLite provinces run without it.
+        from province.registry_pg import PostgresStore
+
+        return Registry.on(PostgresStore(location))
+    return Registry(Path(location))
+
+
+class Registry:
+    def __init__(self, path: Path) -> None:
+        self._attach(SqliteStore(path))
+
+    @classmethod
+    def on(cls, store: Store) -> Registry:
+        """A registry over any store (``Registry(path)`` is the SQLite one)."""
+        registry = cls.__new__(cls)
+        registry._attach(store)
+        return registry
+
+    def _attach(self, store: Store) -> None:
+        self.store = store
+        # Where it is, for messages: the SQLite file, or the PostgreSQL URL without password.
+        self.path: Path | str = store.path if isinstance(store, SqliteStore) else store.location
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The SQLite connection under a SQLite registry (tests reach under the interface)."""
+        if not isinstance(self.store, SqliteStore):
+            raise RegistryError(f"{self.store.location} is not a SQLite registry")
+        return self.store.db
+
+    def close(self) -> None:
+        self.store.close()
 
     def __enter__(self) -> Registry:
         return self
@@ -144,17 +250,22 @@ class Registry:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _one(self, sql: str, params: Sequence[object] = ()) -> Row | None:
+        found = self.store.rows(sql, params)
+        return found[0] if found else None
+
     # meta --------------------------------------------------------------------------------------
 
     def set_meta(self, key: str, value: str) -> None:
-        with self.db:
-            self.db.execute(
-                "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = ?",
-                (key, value, value),
+        with self.store.transaction():
+            self.store.write(
+                "INSERT INTO meta VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
             )
 
     def meta(self, key: str) -> str | None:
-        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        row = self._one("SELECT value FROM meta WHERE key = ?", (key,))
         return None if row is None else str(row[0])
 
     # stations ----------------------------------------------------------------------------------
@@ -162,28 +273,28 @@ class Registry:
     def add_station(self, station: StationId, cert_pem: bytes, signing_public: str) -> None:
         now = datetime.now(UTC).isoformat(timespec="seconds")
         try:
-            with self.db:
-                self.db.execute(
+            with self.store.transaction():
+                self.store.write(
                     "INSERT INTO station VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
                     (station.path, station.province, station.commune, station.name,
                      cert_pem, signing_public, now),
                 )  # fmt: skip
-        except sqlite3.IntegrityError as exc:
+        except self.store.integrity_errors as exc:
             raise RegistryError(f"{station.path} is already enrolled") from exc
 
     def replace_station(self, station: StationId, cert_pem: bytes, signing_public: str) -> None:
         """Re-enrollment after a repair: new certificate and key, reports and watermarks kept
         (they are keyed by the station id), any revocation cleared."""
         now = datetime.now(UTC).isoformat(timespec="seconds")
-        with self.db:
-            self.db.execute(
+        with self.store.transaction():
+            self.store.write(
                 "UPDATE station SET cert_pem = ?, signing_public = ?, enrolled_at = ?, "
                 "revoked_at = NULL WHERE id = ?",
                 (cert_pem, signing_public, now, station.path),
             )
 
     def stations(self, *, include_revoked: bool = False) -> list[StationRecord]:
-        rows = self.db.execute(
+        rows = self.store.rows(
             "SELECT id, cert_pem, signing_public, enrolled_at, revoked_at FROM station ORDER BY id"
         )
         found = [StationRecord(StationId.parse(i), bytes(c), s, e, r) for i, c, s, e, r in rows]
@@ -203,15 +314,15 @@ class Registry:
         envelope: bytes,
     ) -> None:  # fmt: skip
         now = datetime.now(UTC).isoformat(timespec="seconds")
-        with self.db:
-            self.db.execute(
+        with self.store.transaction():
+            self.store.write(
                 "INSERT INTO published (topic, kind, issuer, target, label, body, envelope, "
                 "published_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (topic, kind, issuer, target, label, body, envelope, now),
             )
 
     def published(self, kind: str) -> Iterator[Published]:
-        rows = self.db.execute(
+        rows = self.store.rows(
             "SELECT topic, kind, issuer, target, label, body, published_at FROM published "
             "WHERE kind = ? ORDER BY id",
             (kind,),
@@ -223,11 +334,11 @@ class Registry:
 
     def lookup_station(self, station_id: str) -> StationRecord | None:
         """One station by id, revoked ones included (the collector tells unknown from revoked)."""
-        row = self.db.execute(
+        row = self._one(
             "SELECT id, cert_pem, signing_public, enrolled_at, revoked_at FROM station "
             "WHERE id = ?",
             (station_id,),
-        ).fetchone()
+        )
         if row is None:
             return None
         i, c, s, e, r = row
@@ -242,44 +353,49 @@ class Registry:
         One transaction, so the watermark never names a report that is not stored: the station
         deletes its copy on the strength of it.
         """
-        db = self.db
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            cursor = db.execute(
-                "INSERT OR IGNORE INTO report VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (station, kind, seq, session, body, envelope, received_at),
+        store = self.store
+        with store.transaction():
+            # First lock this (station, kind)'s watermark row, creating it if need be: writers
+            # of one stream then take turns, and each one's walk below sees every report the
+            # ones before it stored. Without the lock, two collectors storing seqs 1 and 2 at
+            # once could each miss the other's and leave the watermark at 0 for good.
+            store.write(
+                "INSERT INTO watermark VALUES (?, ?, -1) ON CONFLICT (station, kind) DO NOTHING",
+                (station, kind),
             )
-            stored = cursor.rowcount == 1
+            locked = self._one(
+                "SELECT upto FROM watermark WHERE station = ? AND kind = ?" + store.for_update,
+                (station, kind),
+            )
+            assert locked is not None  # inserted above, and watermark rows are never deleted
+            current = int(locked[0])
+            stored = (
+                store.write(
+                    "INSERT INTO report VALUES (?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (station, kind, seq) DO NOTHING",
+                    (station, kind, seq, session, body, envelope, received_at),
+                )
+                == 1
+            )
             conflict = False
+            upto = current
             if stored:
-                upto = self._advance_watermark(station, kind, seq)
+                upto = self._advance_watermark(station, kind, seq, current)
             else:
-                row = db.execute(
+                row = self._one(
                     "SELECT body FROM report WHERE station = ? AND kind = ? AND seq = ?",
                     (station, kind, seq),
-                ).fetchone()
+                )
+                assert row is not None  # the insert above found it
                 conflict = bytes(row[0]) != body
-                upto = self._watermark(station, kind)
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        return StoreResult(stored, conflict, upto)
+        return StoreResult(stored, conflict, None if upto < 0 else upto)
 
-    def _watermark(self, station: str, kind: str) -> int | None:
-        row = self.db.execute(
-            "SELECT upto FROM watermark WHERE station = ? AND kind = ?", (station, kind)
-        ).fetchone()
-        return None if row is None else int(row[0])
-
-    def _advance_watermark(self, station: str, kind: str, seq: int) -> int | None:
-        current = self._watermark(station, kind)
-        upto = -1 if current is None else current
+    def _advance_watermark(self, station: str, kind: str, seq: int, upto: int) -> int:
+        """The new watermark after storing ``seq`` (-1: none yet), in the caller's transaction."""
         if seq != upto + 1:
-            return current  # a gap stays open until its report arrives
+            return upto  # a gap stays open until its report arrives
         # The new report may close a gap: walk on through the reports already stored above it.
-        rows = self.db.execute(
+        rows = self.store.rows(
             "SELECT seq FROM report WHERE station = ? AND kind = ? AND seq > ? ORDER BY seq",
             (station, kind, upto),
         )
@@ -287,17 +403,16 @@ class Registry:
             if stored_seq != upto + 1:
                 break
             upto = stored_seq
-        self.db.execute(
-            "INSERT INTO watermark VALUES (?, ?, ?) "
-            "ON CONFLICT(station, kind) DO UPDATE SET upto = excluded.upto",
-            (station, kind, upto),
+        self.store.write(
+            "UPDATE watermark SET upto = ? WHERE station = ? AND kind = ?", (upto, station, kind)
         )
         return upto
 
     def watermarks(self, station: str) -> dict[str, int]:
         """Highest contiguous seq stored per kind; kinds without seq 0 yet are absent."""
-        rows = self.db.execute(
-            "SELECT kind, upto FROM watermark WHERE station = ? ORDER BY kind", (station,)
+        rows = self.store.rows(
+            "SELECT kind, upto FROM watermark WHERE station = ? AND upto >= 0 ORDER BY kind",
+            (station,),
         )
         return {kind: int(upto) for kind, upto in rows}
 
@@ -308,11 +423,11 @@ class Registry:
         """Stored reports of ``kind`` (of ``stations`` only, and received at or after
         ``received_since`` only, if given), by station then seq."""
         since = "" if received_since is None else received_at_text(received_since)
-        rows = self.db.execute(
+        rows = self.store.rows(
             "SELECT station, kind, seq, session, body, received_at FROM report "
             "WHERE kind = ? AND received_at >= ? ORDER BY station, seq",
             (kind, since),
-        ).fetchall()
+        )
         wanted = None if stations is None else set(stations)
         return [
             StoredReport(st, k, seq, session, bytes(body), at)
@@ -322,58 +437,58 @@ class Registry:
 
     def last_report(self, station: str, kind: str) -> StoredReport | None:
         """The stored report of (station, kind) with the highest seq, gaps below it or not."""
-        row = self.db.execute(
+        row = self._one(
             "SELECT station, kind, seq, session, body, received_at FROM report "
             "WHERE station = ? AND kind = ? ORDER BY seq DESC LIMIT 1",
             (station, kind),
-        ).fetchone()
+        )
         if row is None:
             return None
         st, k, seq, session, body, at = row
         return StoredReport(st, k, seq, session, bytes(body), at)
 
     def refuse(self, topic: str, reason: str, payload: bytes, received_at: str) -> None:
-        with self.db:
-            self.db.execute(
+        with self.store.transaction():
+            self.store.write(
                 "INSERT INTO refused (topic, reason, payload, received_at) VALUES (?, ?, ?, ?)",
                 (topic, reason, payload[:REFUSED_PAYLOAD_CAP], received_at),
             )
 
     def refusals(self) -> list[Refusal]:
-        rows = self.db.execute(
+        rows = self.store.rows(
             "SELECT topic, reason, payload, received_at FROM refused ORDER BY id"
         )
         return [Refusal(t, r, bytes(p), at) for t, r, p, at in rows]
 
     def set_station_state(self, station: str, online: bool, body: bytes, received_at: str) -> None:
         """The station's current state, and one more line of its history (both or neither)."""
-        with self.db:
-            self.db.execute(
-                "INSERT INTO station_state VALUES (?, ?, ?, ?) ON CONFLICT(station) DO UPDATE "
+        with self.store.transaction():
+            self.store.write(
+                "INSERT INTO station_state VALUES (?, ?, ?, ?) ON CONFLICT (station) DO UPDATE "
                 "SET online = excluded.online, body = excluded.body, "
                 "received_at = excluded.received_at",
                 (station, int(online), body, received_at),
             )
-            self.db.execute(
+            self.store.write(
                 "INSERT INTO state_log (station, online, body, received_at) VALUES (?, ?, ?, ?)",
                 (station, int(online), body, received_at),
             )
 
+    def station_state(self, station: str) -> StationState | None:
+        row = self._one(
+            "SELECT station, online, body, received_at FROM station_state WHERE station = ?",
+            (station,),
+        )
+        if row is None:
+            return None
+        return StationState(row[0], bool(row[1]), bytes(row[2]), row[3])
+
     def state_history(self, station: str, since: str, until: str) -> list[StationState]:
         """Every state the station reported with ``since <= received_at < until`` (both in
         ``received_at_text`` form), oldest first; equal times keep their arrival order."""
-        rows = self.db.execute(
+        rows = self.store.rows(
             "SELECT station, online, body, received_at FROM state_log WHERE station = ? "
             "AND received_at >= ? AND received_at < ? ORDER BY received_at, id",
             (station, since, until),
         )
         return [StationState(st, bool(on), bytes(body), at) for st, on, body, at in rows]
-
-    def station_state(self, station: str) -> StationState | None:
-        row = self.db.execute(
-            "SELECT station, online, body, received_at FROM station_state WHERE station = ?",
-            (station,),
-        ).fetchone()
-        if row is None:
-            return None
-        return StationState(row[0], bool(row[1]), bytes(row[2]), row[3])
