@@ -3,7 +3,7 @@
 
 This module owns the two subcommands' arguments, the province home's file layout as they read
 it, signal handling for the long-running collector, and what they print. The work is
-``province.collector``'s and ``province.coverage``'s.
+``province.collector``'s and ``province.coverage``'s (drawn by ``province.coverage_render``).
 """
 
 from __future__ import annotations
@@ -18,11 +18,14 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from agent.core.timefmt import format_rfc3339, parse_rfc3339
+from agent.core.timefmt import parse_rfc3339
 from agent.link import LinkError, TlsFiles, parse_broker_url
+from hal.files import atomic_write
 from province.collector import Collector
-from province.coverage import coverage, render_csv, render_summary, render_table, summarize
+from province.coverage import DEFAULT_TZ, build_report
+from province.coverage_render import render_csv, render_html, render_text
 from province.errors import ProvinceError
 from province.registry import Registry, open_registry
 
@@ -57,6 +60,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--to", dest="end", metavar="TIME", help="RFC 3339 with offset (default: now)"
     )
     cover.add_argument("--csv", action="store_true", help="CSV rows instead of the tables")
+    cover.add_argument(
+        "--html", type=Path, metavar="FILE", help="also write a self-contained HTML report"
+    )
+    cover.add_argument(
+        "--tz", default=DEFAULT_TZ, help=f"time zone of days and times (default {DEFAULT_TZ})"
+    )
     cover.set_defaults(handler=cmd_coverage)
 
 
@@ -149,13 +158,20 @@ def cmd_coverage(args: argparse.Namespace) -> int:
     start = _time(args.start, "--from") if args.start else end - DEFAULT_WINDOW
     if start >= end:
         raise ProvinceError("--from must be before --to")
+    try:
+        ZoneInfo(args.tz)
+    except (ValueError, ZoneInfoNotFoundError) as exc:
+        raise ProvinceError(f"--tz: unknown time zone {args.tz!r}") from exc
     with _open_registry(_home(args)) as registry:
-        rows = coverage(registry, start, end, now)
+        report = build_report(registry, start, end, now, args.tz)
+    if args.html is not None:
+        atomic_write(args.html, render_html(report).encode("utf-8"))
+        # stderr: stdout stays the table or the CSV, whole, for whoever pipes it.
+        print(f"wrote the HTML report to {args.html}", file=sys.stderr)
     if args.csv:
-        sys.stdout.write(render_csv(rows))
+        sys.stdout.write(render_csv(report.rows))
         return 0
-    print(f"coverage of occurrences from {format_rfc3339(start)} to {format_rfc3339(end)}")
-    sys.stdout.write(render_table(rows))
-    print()
-    sys.stdout.write(render_summary(summarize(rows)))
+    # Colour only for a person at a terminal (and not when NO_COLOR asks for none).
+    color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    sys.stdout.write(render_text(report, color=color))
     return 0

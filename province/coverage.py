@@ -1,9 +1,11 @@
 """Coverage: what the province expected its stations to play, against what they say they played.
 
-This module owns the computation and its rendering (text table, CSV), nothing else: the
-registry supplies what was published, the active stations and the stored as-run records; the
-plan comes from ``agent.core.planner``, the very planner the stations run, so both sides agree on
-which occurrences exist and when.
+This module owns the computation: rows per local day, commune and bulletin, each keeping what
+happened at every expected station and why, and the per-commune summaries with the reasons a
+commune fell short. Rendering (table, CSV, HTML) is ``province.coverage_render``'s; when a
+station was up is ``province.availability``'s. The registry supplies what was published, the
+active stations and the stored as-run records; the plan comes from ``agent.core.planner``, the
+very planner the stations run, so both sides agree on which occurrences exist and when.
 
 Rules (see ``coverage``):
 - A stream (issuer, target) is judged by its newest published version only; older versions are
@@ -13,22 +15,36 @@ Rules (see ``coverage``):
   own commune. Stations outside the target, and revoked ones, are not expected.
 - An as-run matches an occurrence on (station, stream, slot, scheduled_at as an instant); when a
   station sent several for one occurrence, the highest seq (its last word) counts.
+- **Clock-untrusted plays.** An as-run saying ``complete`` with ``clock_trusted: false`` is
+  counted as ``untrusted``, not as complete: the station cannot prove it played at the
+  scheduled time, so it does not raise coverage, and it shows as a reason. Other outcomes under
+  an untrusted clock count as what they say (a bad clock cannot make a failure better); their
+  detail says the clock was untrusted. An as-run without the field counts as trusted (the
+  protocol's schema does not require it).
+- **Why.** Each expected station's outcome keeps a short ``cause`` (shared by like cases, what
+  the "why" tables count) and a ``detail``: the as-run's outcome and reason; without an as-run,
+  "station offline since ..." when its availability says it was down when the occurrence began,
+  else "no report".
+- A bulletin is a stream's slot; it is shown by the title of the slot's first titled item
+  (playlists have no slot label), else by the slot id.
+- Text from stations (reasons) is cut to ``MAX_TEXT`` characters with control characters
+  replaced, so that no renderer can be made to emit terminal escapes or line breaks from it.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-from collections.abc import Iterable, Sequence
+import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from agent.core import strict
 from agent.core.models import Playlist
 from agent.core.planner import Occurrence, occurrences
 from agent.core.targets import is_within
-from agent.core.timefmt import format_rfc3339, parse_rfc3339
+from agent.core.timefmt import parse_rfc3339
+from province.availability import Availability, StationAvailability, availability
 from province.errors import ProvinceError
 from province.registry import Registry, StationRecord
 
@@ -38,6 +54,11 @@ REPORT_GRACE = timedelta(minutes=5)
 # running ahead of the province's when selecting which stored as-runs to read.
 _RECEIVED_MARGIN = timedelta(days=1)
 DEFAULT_TZ = "Asia/Ho_Chi_Minh"
+MAX_TEXT = 200
+TOP_CAUSES = 5
+
+# The statuses an expected station ends in, in column order.
+STATUSES = ("complete", "untrusted", "partial", "failed", "missed", "no_report", "pending")
 
 _COUNTED = {
     "complete": "complete",
@@ -49,38 +70,78 @@ _COUNTED = {
 }
 
 
+def clean_text(value: object, limit: int = MAX_TEXT) -> str:
+    """Station text made safe to show anywhere: a string, control characters (which include
+    ESC, CR and LF) replaced by U+FFFD, at most ``limit`` characters, NFC (aligned columns)."""
+    text = value if isinstance(value, str) else str(value)
+    text = "".join("\ufffd" if unicodedata.category(c) == "Cc" else c for c in text[: limit * 2])
+    text = unicodedata.normalize("NFC", text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@dataclass(frozen=True, slots=True)
+class StationOutcome:
+    """What happened at one expected station for one occurrence."""
+
+    station: str
+    status: str  # one of STATUSES
+    cause: str  # short and shared by like cases: "no report", "failed: media-missing"
+    detail: str  # this station's story, e.g. "station offline since 2026-11-23 05:12 (+07)"
+    clock_trusted: bool | None  # None: no as-run
+
+
 @dataclass(frozen=True, slots=True)
 class CoverageRow:
     """One occurrence in one commune: how many stations were expected, and how each fared."""
 
+    day: date  # local day of the occurrence, in the report's time zone
     commune: str  # "25/08230"
     stream: str  # "issuer@target", as in as-run records
     slot: str
+    title: str  # the bulletin's name for people: its first item's title, else the slot id
     scheduled_at: datetime  # UTC
     expected: int
     complete: int
+    untrusted: int  # said complete with an untrusted clock: not counted as complete
     partial: int  # partial, preempted and skipped: the station sounded less than the slot
     failed: int
     missed: int
     no_report: int  # no as-run although the occurrence is over (plus REPORT_GRACE)
     pending: int  # no as-run yet, and the occurrence may still be playing or not yet due
+    stations: tuple[StationOutcome, ...]  # one per expected station, by station id
 
     @property
     def coverage(self) -> float:
         return self.complete / self.expected if self.expected else 0.0
 
+    @property
+    def shortfalls(self) -> tuple[StationOutcome, ...]:
+        return tuple(s for s in self.stations if s.status != "complete")
+
+
+@dataclass(frozen=True, slots=True)
+class Cause:
+    """One reason stations fell short: how many station-occurrences, and which stations."""
+
+    cause: str
+    count: int
+    stations: tuple[str, ...]
+
 
 @dataclass(frozen=True, slots=True)
 class CommuneSummary:
     commune: str
+    day: date | None  # None: the whole window
     occurrences: int
     expected: int
     complete: int
+    untrusted: int
     partial: int
     failed: int
     missed: int
     no_report: int
     pending: int
+    causes: tuple[Cause, ...]  # why not complete, most frequent first
 
     @property
     def coverage(self) -> float:
@@ -104,11 +165,20 @@ def newest_playlists(registry: Registry) -> list[Playlist]:
     return [newest[stream] for stream in sorted(newest)]
 
 
-def _outcomes(
-    registry: Registry, stations: Iterable[str], since: datetime
-) -> dict[tuple[str, str, str, datetime], str]:
-    """(station, stream, slot, scheduled instant) -> counted outcome, the highest seq winning."""
-    found: dict[tuple[str, str, str, datetime], tuple[int, str]] = {}
+@dataclass(frozen=True, slots=True)
+class _AsRun:
+    seq: int
+    outcome: str  # as the station said it
+    reason: str | None
+    clock_trusted: bool
+
+
+_Key = tuple[str, str, str, datetime]  # (station, stream, slot, scheduled instant)
+
+
+def _asruns(registry: Registry, stations: Iterable[str], since: datetime) -> dict[_Key, _AsRun]:
+    """Each occurrence's last word from each station: the readable as-run with the highest seq."""
+    found: dict[_Key, _AsRun] = {}
     for report in registry.reports("asrun", stations, received_since=since):
         try:
             doc = strict.loads(report.body)
@@ -118,13 +188,19 @@ def _outcomes(
                 doc["slot"],
                 parse_rfc3339(doc["scheduled_at"]).astimezone(UTC),
             )
-            counted = _COUNTED[doc["outcome"]]
+            outcome = doc["outcome"]
+            if outcome not in _COUNTED:
+                continue
+            reason = doc.get("reason")
+            trusted = doc.get("clock_trusted") is not False
         except (ValueError, KeyError, TypeError):
             continue  # signed but unreadable: it cannot be matched, so it counts as no report
         previous = found.get(key)
-        if previous is None or report.seq > previous[0]:
-            found[key] = (report.seq, counted)
-    return {key: outcome for key, (_, outcome) in found.items()}
+        if previous is None or report.seq > previous.seq:
+            found[key] = _AsRun(
+                report.seq, outcome, None if reason is None else clean_text(reason), trusted
+            )
+    return found
 
 
 def _over(occurrence: Occurrence, now: datetime) -> bool:
@@ -132,20 +208,79 @@ def _over(occurrence: Occurrence, now: datetime) -> bool:
     return occurrence.start + timedelta(seconds=played) + REPORT_GRACE < now
 
 
+def _title(occurrence: Occurrence) -> str:
+    titled = next((item.title for item in occurrence.items if item.title), None)
+    return clean_text(titled) if titled else occurrence.slot_id
+
+
+def local_time(moment: datetime, tz: str) -> str:
+    """``2026-11-23 05:12 (+07)``: how the reasons name a moment for a person."""
+    local = moment.astimezone(ZoneInfo(tz))
+    offset = local.strftime("%z")
+    short = offset[:3] if offset.endswith("00") else f"{offset[:3]}:{offset[3:]}"
+    return f"{local:%Y-%m-%d %H:%M} ({short})"
+
+
+def _judge(
+    station: str,
+    asrun: _AsRun | None,
+    over: bool,
+    start: datetime,
+    up: StationAvailability | None,
+    tz: str,
+) -> StationOutcome:
+    if asrun is not None:
+        said = asrun.outcome if asrun.reason is None else f"{asrun.outcome}: {asrun.reason}"
+        status = _COUNTED[asrun.outcome]
+        if status == "complete" and not asrun.clock_trusted:
+            return StationOutcome(
+                station, "untrusted", "complete, clock untrusted",
+                f"{said} (clock untrusted: when it played cannot be proved)", False,
+            )  # fmt: skip
+        detail = said if asrun.clock_trusted else f"{said} (clock untrusted)"
+        return StationOutcome(station, status, said, detail, asrun.clock_trusted)
+    if not over:
+        return StationOutcome(station, "pending", "pending", "not over yet", None)
+    if up is not None and up.judged[0] <= start < up.judged[1] and not up.up_at(start):
+        since = up.down_since(start)
+        detail = (
+            f"station offline since {local_time(since, tz)}"
+            if since is not None
+            else "station offline (no heartbeat or birth since "
+            f"{local_time(up.lookback_start, tz)})"
+        )
+        return StationOutcome(station, "no_report", "station offline", detail, None)
+    return StationOutcome(
+        station, "no_report", "no report", "no as-run although the occurrence is over", None
+    )
+
+
 def coverage(
-    registry: Registry, window_start: datetime, window_end: datetime, now: datetime
+    registry: Registry,
+    window_start: datetime,
+    window_end: datetime,
+    now: datetime,
+    *,
+    tz: str = DEFAULT_TZ,
+    available: Availability | None = None,
 ) -> list[CoverageRow]:
     """One row per (commune, stream, slot, scheduled start) for occurrences starting in
-    ``[window_start, window_end)``, sorted by time, commune, stream and slot.
+    ``[window_start, window_end)``, sorted by local day (in ``tz``), commune, time, stream and
+    slot.
 
-    Each expected station counts once: ``complete``; ``partial`` (outcomes partial, preempted
-    and skipped: the slot did not sound in full at that station); ``failed``; ``missed``; or,
-    without an as-run, ``no_report`` when the occurrence is over (start + the sum of its media
-    durations + 5 minutes before ``now``) and ``pending`` otherwise.
+    Each expected station counts once: ``complete``; ``untrusted`` (complete with an untrusted
+    clock); ``partial`` (outcomes partial, preempted and skipped: the slot did not sound in full
+    at that station); ``failed``; ``missed``; or, without an as-run, ``no_report`` when the
+    occurrence is over (start + the sum of its media durations + 5 minutes before ``now``) and
+    ``pending`` otherwise. ``available`` (computed when not given) tells "station offline" from
+    plain "no report".
     """
+    zone = ZoneInfo(tz)
+    if available is None:
+        available = availability(registry, window_start, window_end, now, tz=tz)
     stations = registry.stations()
     playlists = newest_playlists(registry)
-    outcomes = _outcomes(registry, [s.id.path for s in stations], window_start - _RECEIVED_MARGIN)
+    asruns = _asruns(registry, [s.id.path for s in stations], window_start - _RECEIVED_MARGIN)
     rows: list[CoverageRow] = []
     for playlist in playlists:
         by_commune: dict[str, list[StationRecord]] = {}
@@ -157,135 +292,127 @@ def coverage(
             continue
         for occurrence in occurrences([playlist], window_start, window_end):
             over = _over(occurrence, now)
+            stream = occurrence.stream_name
             for commune, members in by_commune.items():
-                counts = dict.fromkeys(("complete", "partial", "failed", "missed"), 0)
-                silent = 0
-                for station in members:
-                    key = (
-                        station.id.path,
-                        occurrence.stream_name,
-                        occurrence.slot_id,
+                judged = tuple(
+                    _judge(
+                        s.id.path,
+                        asruns.get((s.id.path, stream, occurrence.slot_id, occurrence.start)),
+                        over,
                         occurrence.start,
+                        available.stations.get(s.id.path),
+                        tz,
                     )
-                    outcome = outcomes.get(key)
-                    if outcome is None:
-                        silent += 1
-                    else:
-                        counts[outcome] += 1
+                    for s in members
+                )
+                counts = {status: 0 for status in STATUSES}
+                for outcome in judged:
+                    counts[outcome.status] += 1
                 rows.append(
                     CoverageRow(
+                        day=occurrence.start.astimezone(zone).date(),
                         commune=commune,
-                        stream=occurrence.stream_name,
+                        stream=stream,
                         slot=occurrence.slot_id,
+                        title=_title(occurrence),
                         scheduled_at=occurrence.start,
                         expected=len(members),
-                        complete=counts["complete"],
-                        partial=counts["partial"],
-                        failed=counts["failed"],
-                        missed=counts["missed"],
-                        no_report=silent if over else 0,
-                        pending=0 if over else silent,
+                        stations=judged,
+                        **counts,
                     )
                 )
-    rows.sort(key=lambda r: (r.scheduled_at, r.commune, r.stream, r.slot))
+    rows.sort(key=lambda r: (r.day, r.commune, r.scheduled_at, r.stream, r.slot))
     return rows
 
 
-def summarize(rows: Iterable[CoverageRow]) -> list[CommuneSummary]:
-    """Per commune: its occurrences and the station counts summed over them."""
-    totals: dict[str, list[int]] = {}
+def _causes(rows: Iterable[CoverageRow]) -> tuple[Cause, ...]:
+    counts: dict[str, int] = {}
+    who: dict[str, list[str]] = {}
     for row in rows:
-        t = totals.setdefault(row.commune, [0] * 8)
-        for i, value in enumerate(
-            (1, row.expected, row.complete, row.partial, row.failed, row.missed,
-             row.no_report, row.pending)
-        ):  # fmt: skip
-            t[i] += value
-    return [CommuneSummary(commune, *t) for commune, t in sorted(totals.items())]
+        for outcome in row.shortfalls:
+            counts[outcome.cause] = counts.get(outcome.cause, 0) + 1
+            names = who.setdefault(outcome.cause, [])
+            if outcome.station not in names:
+                names.append(outcome.station)
+    order = sorted(counts, key=lambda c: (-counts[c], c))
+    return tuple(Cause(c, counts[c], tuple(sorted(who[c]))) for c in order)
 
 
-# -- rendering -----------------------------------------------------------------------------------
-
-_COUNT_HEADERS = (
-    "expected", "complete", "partial", "failed", "missed", "no report", "pending", "coverage",
-)  # fmt: skip
-
-
-def _percent(complete: int, expected: int) -> str:
-    return f"{100 * complete / expected:.1f}%" if expected else "-"
-
-
-def _counts(r: CoverageRow | CommuneSummary) -> list[str]:
-    numbers = (r.expected, r.complete, r.partial, r.failed, r.missed, r.no_report, r.pending)
-    return [str(n) for n in numbers] + [_percent(r.complete, r.expected)]
+def _summary(commune: str, day: date | None, rows: list[CoverageRow]) -> CommuneSummary:
+    sums = {status: sum(getattr(r, status) for r in rows) for status in STATUSES}
+    return CommuneSummary(
+        commune=commune,
+        day=day,
+        occurrences=len(rows),
+        expected=sum(r.expected for r in rows),
+        causes=_causes(rows),
+        **sums,
+    )
 
 
-def _sums(rows: Sequence[CoverageRow] | Sequence[CommuneSummary]) -> list[str]:
-    columns = ("expected", "complete", "partial", "failed", "missed", "no_report", "pending")
-    sums = [sum(getattr(r, c) for r in rows) for c in columns]
-    return [str(n) for n in sums] + [_percent(sums[1], sums[0])]
+def summarize(rows: Iterable[CoverageRow]) -> list[CommuneSummary]:
+    """Per commune over the whole window: its occurrences, the station counts summed over them,
+    and the causes of every shortfall."""
+    groups: dict[str, list[CoverageRow]] = {}
+    for row in rows:
+        groups.setdefault(row.commune, []).append(row)
+    return [_summary(commune, None, group) for commune, group in sorted(groups.items())]
 
 
-def _align(header: Sequence[str], body: Sequence[Sequence[str]], text_columns: int) -> str:
-    """Text columns left-aligned, numbers right-aligned, a rule under the header and above the
-    last line (the total)."""
-    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
-
-    def render(line: Sequence[str]) -> str:
-        cells = [
-            cell.ljust(w) if i < text_columns else cell.rjust(w)
-            for i, (cell, w) in enumerate(zip(line, widths, strict=True))
-        ]
-        return "  ".join(cells).rstrip()
-
-    rule = "  ".join("-" * w for w in widths)
-    data = [render(line) for line in body[:-1]]
-    lines = [render(header), rule, *data, *([rule] if data else []), render(body[-1])]
-    return "\n".join(lines) + "\n"
+def summarize_days(rows: Iterable[CoverageRow]) -> list[CommuneSummary]:
+    """Per local day and commune, like ``summarize``."""
+    groups: dict[tuple[date, str], list[CoverageRow]] = {}
+    for row in rows:
+        groups.setdefault((row.day, row.commune), []).append(row)
+    return [_summary(commune, day, group) for (day, commune), group in sorted(groups.items())]
 
 
-def render_table(rows: Sequence[CoverageRow], tz: str = DEFAULT_TZ) -> str:
-    """The rows as an aligned text table, times local to ``tz``, ending with a total line."""
-    zone = ZoneInfo(tz)
-    header = ["commune", f"time ({tz})", "stream", "slot", *_COUNT_HEADERS]
-    body = [
-        [
-            r.commune,
-            r.scheduled_at.astimezone(zone).strftime("%Y-%m-%d %H:%M"),
-            r.stream,
-            r.slot,
-            *_counts(r),
-        ]
-        for r in rows
-    ]
-    occurrences_word = "occurrence" if len(rows) == 1 else "occurrences"
-    body.append(["TOTAL", f"{len(rows)} {occurrences_word}", "", "", *_sums(rows)])
-    return _align(header, body, text_columns=4)
+def below_full(summaries: Iterable[CommuneSummary]) -> list[CommuneSummary]:
+    """The communes (or commune-days) below 100%, worst first, each with its causes."""
+    short = [s for s in summaries if s.expected and s.complete < s.expected]
+    return sorted(short, key=lambda s: (s.coverage, s.commune, s.day or date.min))
 
 
-def render_summary(summaries: Sequence[CommuneSummary]) -> str:
-    """The per-commune summary as an aligned text table, ending with a total line."""
-    header = ["commune", "occurrences", *_COUNT_HEADERS]
-    body = [[s.commune, str(s.occurrences), *_counts(s)] for s in summaries]
-    body.append(["TOTAL", str(sum(s.occurrences for s in summaries)), *_sums(summaries)])
-    return _align(header, body, text_columns=1)
+def top_causes(summary: CommuneSummary, limit: int = TOP_CAUSES) -> str:
+    """``"no report ×3; failed: media-missing ×1"``: the why in one line."""
+    shown = [f"{c.cause} ×{c.count}" for c in summary.causes[:limit]]
+    rest = len(summary.causes) - limit
+    return "; ".join(shown + ([f"{rest} more"] if rest > 0 else []))
 
 
-CSV_FIELDS = (
-    "commune", "stream", "slot", "scheduled_at", "expected", "complete", "partial", "failed",
-    "missed", "no_report", "pending", "coverage",
-)  # fmt: skip
+@dataclass(frozen=True, slots=True)
+class CoverageReport:
+    """Everything one coverage run found, for the renderers."""
+
+    window_start: datetime
+    window_end: datetime
+    now: datetime
+    tz: str
+    province: str | None
+    rows: list[CoverageRow]
+    communes: list[CommuneSummary]  # whole window
+    days: list[CommuneSummary]  # per local day
+    available: Availability
 
 
-def render_csv(rows: Iterable[CoverageRow]) -> str:
-    """One CSV line per row, ``scheduled_at`` in RFC 3339 UTC, ``coverage`` a fraction."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(CSV_FIELDS)
-    for r in rows:
-        writer.writerow(
-            [r.commune, r.stream, r.slot, format_rfc3339(r.scheduled_at), r.expected,
-             r.complete, r.partial, r.failed, r.missed, r.no_report, r.pending,
-             f"{r.coverage:.4f}"]
-        )  # fmt: skip
-    return out.getvalue()
+def build_report(
+    registry: Registry,
+    window_start: datetime,
+    window_end: datetime,
+    now: datetime,
+    tz: str = DEFAULT_TZ,
+) -> CoverageReport:
+    """Coverage, its summaries and availability over one window, computed once."""
+    available = availability(registry, window_start, window_end, now, tz=tz)
+    rows = coverage(registry, window_start, window_end, now, tz=tz, available=available)
+    return CoverageReport(
+        window_start=window_start,
+        window_end=window_end,
+        now=now,
+        tz=tz,
+        province=registry.meta("province"),
+        rows=rows,
+        communes=summarize(rows),
+        days=summarize_days(rows),
+        available=available,
+    )

@@ -20,15 +20,18 @@ from agent.core.reports import AsRun, asrun_body, signed_asrun, to_bytes
 from agent.core.targets import StationId
 from province.collector import STORED, ReportIntake
 from province.coverage import (
+    Cause,
     CommuneSummary,
     CoverageRow,
+    below_full,
+    clean_text,
     coverage,
-    render_csv,
-    render_summary,
-    render_table,
     summarize,
+    summarize_days,
+    top_causes,
 )
-from province.registry import Registry
+from province.coverage_render import render_csv, render_summary, render_table
+from province.registry import Registry, received_at_text
 from tests.harness.trust import body_bytes, playlist_body
 
 VN = timezone(timedelta(hours=7))
@@ -61,12 +64,15 @@ def at(hour: int, minute: int = 0) -> datetime:
     return datetime(2026, 11, 23, hour, minute, tzinfo=VN)
 
 
-def record(stream: str, slot_id: str, scheduled_at: datetime, outcome: str) -> AsRun:
+def record(
+    stream: str, slot_id: str, scheduled_at: datetime, outcome: str,
+    reason: str | None = None, clock_trusted: bool = True,
+) -> AsRun:  # fmt: skip
     return AsRun(
         slot=slot_id, stream=stream, playlist_version=1, media="news", sha256="ab" * 32,
         scheduled_at=scheduled_at, started_at=None, ended_at=None, played_s=0.0,
-        outcome=outcome, reason=None, zones=("all",), volume=80, relay_ok=None,
-        amp_power_ok=None, output_level_db=None, clock_trusted=True,
+        outcome=outcome, reason=reason, zones=("all",), volume=80, relay_ok=None,
+        amp_power_ok=None, output_level_db=None, clock_trusted=clock_trusted,
     )  # fmt: skip
 
 
@@ -77,17 +83,31 @@ class Reports:
         self.registry = registry
         self.intake = ReportIntake(registry, "25", lambda: NOW)
         self.seq: dict[StationId, int] = {}
+        self.heartbeat_seq: dict[StationId, int] = {}
 
     def asrun(
-        self, station: StationId, stream: str, slot_id: str, when: datetime, outcome: str
-    ) -> None:
+        self, station: StationId, stream: str, slot_id: str, when: datetime, outcome: str,
+        reason: str | None = None, clock_trusted: bool = True,
+    ) -> None:  # fmt: skip
         seq = self.seq.get(station, 0)
         self.seq[station] = seq + 1
-        envelope = signed_asrun(
-            station, seq, 1, record(stream, slot_id, when, outcome), key(station)
-        )
+        played = record(stream, slot_id, when, outcome, reason, clock_trusted)
+        envelope = signed_asrun(station, seq, 1, played, key(station))
         handled = self.intake.handle(f"{station.prefix}/telemetry/asrun", envelope)
         assert handled.outcome == STORED, handled.reason
+
+    def heartbeats(self, station: StationId, start: datetime, end: datetime, every_s: int) -> None:
+        """Heartbeats from ``start`` to ``end`` (inclusive), stored as the collector would."""
+        moment = start
+        while moment <= end:
+            seq = self.heartbeat_seq.get(station, 0)
+            self.heartbeat_seq[station] = seq + 1
+            body = {"kind": "heartbeat", "schema": 1, "station": station.path, "seq": seq,
+                    "session": 1, "ts": moment.isoformat(), "state": "idle"}  # fmt: skip
+            self.registry.store_report(
+                station.path, "heartbeat", seq, 1, to_bytes(body), None, received_at_text(moment)
+            )
+            moment += timedelta(seconds=every_s)
 
 
 @pytest.fixture
@@ -122,29 +142,92 @@ def scene(registry: Registry) -> Registry:
     return registry
 
 
+def counts(row: CoverageRow) -> tuple[object, ...]:
+    """A row without its per-station detail: what the count tests compare."""
+    return (
+        row.day, row.commune, row.stream, row.slot, row.scheduled_at, row.expected, row.complete,
+        row.untrusted, row.partial, row.failed, row.missed, row.no_report, row.pending,
+    )  # fmt: skip
+
+
 def row(
-    commune: str, stream: str, slot_id: str, when: datetime, expected: int, **counts: int
-) -> CoverageRow:
-    fields = dict.fromkeys(("complete", "partial", "failed", "missed", "no_report", "pending"), 0)
-    fields.update(counts)
-    return CoverageRow(commune, stream, slot_id, when.astimezone(UTC), expected, **fields)
+    commune: str, stream: str, slot_id: str, when: datetime, expected: int, **numbers: int
+) -> tuple[object, ...]:
+    fields = dict.fromkeys(
+        ("complete", "untrusted", "partial", "failed", "missed", "no_report", "pending"), 0
+    )
+    fields.update(numbers)
+    return (when.date(), commune, stream, slot_id, when.astimezone(UTC), expected, *fields.values())
 
 
+# Sorted by local day, then commune, then time: a commune's day reads as one block.
 EXPECTED_ROWS = [
     row("25/08230", "25@25", "morning", at(6), 2, complete=1, partial=1),
-    row("25/08231", "25@25", "morning", at(6), 1, no_report=1),
     row("25/08230", "08230@25/08230", "commune-news", at(7), 2, failed=1, missed=1),
     row("25/08230", "25@25/08230/08230-02", "local", at(8), 1, complete=1),
     # 17:55 + 600 s of media + 5 min is after 18:00: still pending, not silent.
     row("25/08230", "25@25", "evening", at(17, 55), 2, pending=2),
+    row("25/08231", "25@25", "morning", at(6), 1, no_report=1),
     row("25/08231", "25@25", "evening", at(17, 55), 1, pending=1),
 ]
 
 
 def test_rows_count_each_expected_station_by_its_outcome(scene: Registry) -> None:
     rows = coverage(scene, *WINDOW, NOW)
-    assert rows == EXPECTED_ROWS
-    assert [r.coverage for r in rows] == [0.5, 0.0, 0.0, 1.0, 0.0, 0.0]
+    assert [counts(r) for r in rows] == EXPECTED_ROWS
+    assert [r.coverage for r in rows] == [0.5, 0.0, 1.0, 0.0, 0.0, 0.0]
+    # The bulletin's name for people is its item's title; every expected station is accounted.
+    assert {r.title for r in rows} == {"Bản tin"}
+    assert [len(r.stations) for r in rows] == [r.expected for r in rows]
+
+
+def test_every_station_short_of_complete_has_a_reason(scene: Registry) -> None:
+    rows = coverage(scene, *WINDOW, NOW)
+    why = {(r.slot, s.station): (s.status, s.cause, s.detail) for r in rows for s in r.shortfalls}
+    assert why[("morning", A2.path)] == ("partial", "preempted", "preempted")
+    assert why[("commune-news", A1.path)] == ("failed", "failed", "failed")
+    assert why[("commune-news", A2.path)] == ("missed", "missed", "missed")
+    assert why[("evening", A1.path)] == ("pending", "pending", "not over yet")
+    # B1 sent nothing at all (no heartbeat, no birth): the province heard nothing from it.
+    status, cause, detail = why[("morning", B1.path)]
+    assert (status, cause) == ("no_report", "station offline")
+    assert detail == "station offline (no heartbeat or birth since 2026-11-22 00:00 (+07))"
+    assert all(s.status == "complete" for r in rows for s in r.stations if s not in r.shortfalls)
+
+
+def test_as_run_reason_and_offline_since_name_the_cause(registry: Registry) -> None:
+    publish(registry, target="25/08230", slots=[slot("morning", "06:00")])
+    reports = Reports(registry)
+    reports.asrun(A1, "25@25/08230", "morning", at(6), "failed", reason="media-missing")
+    # A2 was up (heartbeats every minute) but never said what happened: "no report".
+    reports.heartbeats(A2, at(5), at(7), 60)
+    # A3 went quiet at 05:30: "offline since" its last heartbeat became overdue.
+    reports.heartbeats(A3, at(5), at(5, 30), 60)
+    (only,) = coverage(registry, *WINDOW, NOW)
+    why = {s.station: (s.cause, s.detail) for s in only.shortfalls}
+    assert why == {
+        A1.path: ("failed: media-missing", "failed: media-missing"),
+        A2.path: ("no report", "no as-run although the occurrence is over"),
+        A3.path: ("station offline", "station offline since 2026-11-23 05:31 (+07)"),
+    }
+
+
+def test_complete_with_an_untrusted_clock_is_not_counted_complete(registry: Registry) -> None:
+    publish(registry, target="25/08230", slots=[slot("morning", "06:00")])
+    reports = Reports(registry)
+    reports.asrun(A1, "25@25/08230", "morning", at(6), "complete", clock_trusted=False)
+    reports.asrun(A2, "25@25/08230", "morning", at(6), "partial", "cut", clock_trusted=False)
+    reports.asrun(A3, "25@25/08230", "morning", at(6), "complete")
+    (only,) = coverage(registry, *WINDOW, NOW)
+    assert (only.complete, only.untrusted, only.partial, only.coverage) == (1, 1, 1, 1 / 3)
+    flagged = {s.station: (s.status, s.cause, s.clock_trusted) for s in only.shortfalls}
+    assert flagged == {
+        A1.path: ("untrusted", "complete, clock untrusted", False),
+        A2.path: ("partial", "partial: cut", False),
+    }
+    details = {s.station: s.detail for s in only.shortfalls}
+    assert details[A2.path] == "partial: cut (clock untrusted)"
+    assert "cannot be proved" in details[A1.path]
 
 
 def test_a_newer_version_supersedes_older_ones_whatever_the_order_recorded(
@@ -185,48 +268,91 @@ def test_unreadable_signed_asrun_counts_as_no_report(registry: Registry) -> None
     assert (only.complete, only.no_report) == (0, 1)
 
 
-def test_summary_per_commune(scene: Registry) -> None:
-    assert summarize(coverage(scene, *WINDOW, NOW)) == [
-        CommuneSummary("25/08230", 4, 7, complete=2, partial=1, failed=1, missed=1,
-                       no_report=0, pending=2),
-        CommuneSummary("25/08231", 2, 2, complete=0, partial=0, failed=0, missed=0,
-                       no_report=1, pending=1),
+def test_days_are_local_days(registry: Registry) -> None:
+    # 06:30 in Hanoi is 23:30 UTC the day before: the day is the local one, per the --tz.
+    publish(registry, target="25/08231", slots=[slot("morning", "06:30")])
+    two_days = (WINDOW[0], WINDOW[1] + timedelta(days=1))
+    later = NOW + timedelta(days=2)
+    rows = coverage(registry, *two_days, later)
+    assert [r.day.isoformat() for r in rows] == ["2026-11-23", "2026-11-24"]
+    utc_rows = coverage(registry, *two_days, later, tz="UTC")
+    assert [r.day.isoformat() for r in utc_rows] == ["2026-11-22", "2026-11-23"]
+    days = summarize_days(rows)
+    assert [(d.day, d.commune, d.occurrences) for d in days] == [
+        (rows[0].day, "25/08231", 1), (rows[1].day, "25/08231", 1),
     ]  # fmt: skip
 
 
-def test_table_shows_local_times_and_a_total(scene: Registry) -> None:
+def test_summary_per_commune_with_its_causes(scene: Registry) -> None:
+    a, b = summarize(coverage(scene, *WINDOW, NOW))
+    assert (a.commune, a.day, a.occurrences, a.expected) == ("25/08230", None, 4, 7)
+    numbers = ("complete", "untrusted", "partial", "failed", "missed", "no_report", "pending")
+    assert [getattr(a, n) for n in numbers] == [2, 0, 1, 1, 1, 0, 2]
+    assert [getattr(b, n) for n in numbers] == [0, 0, 0, 0, 0, 1, 1]
+    # Most frequent cause first; ties by name.
+    assert a.causes == (
+        Cause("pending", 2, (A1.path, A2.path)),
+        Cause("failed", 1, (A1.path,)),
+        Cause("missed", 1, (A2.path,)),
+        Cause("preempted", 1, (A2.path,)),
+    )
+    assert top_causes(a, limit=2) == "pending ×2; failed ×1; 2 more"
+
+
+def test_communes_below_full_worst_first(scene: Registry) -> None:
+    summaries = summarize(coverage(scene, *WINDOW, NOW))
+    assert [(s.commune, s.coverage) for s in below_full(summaries)] == [
+        ("25/08231", 0.0), ("25/08230", 2 / 7),
+    ]  # fmt: skip
+    perfect = CommuneSummary("25/08232", None, 1, 2, 2, 0, 0, 0, 0, 0, 0, ())
+    assert below_full([perfect]) == []
+
+
+def test_station_text_is_made_harmless() -> None:
+    assert clean_text("ok\x1b[2J\nnext\r") == "ok\ufffd[2J\ufffdnext\ufffd"
+    assert clean_text("x" * 500) == "x" * 199 + "…"
+    assert clean_text("Ba\u0300n") == "Bàn"  # NFC: one column per letter in tables
+
+
+def test_table_shows_local_days_and_times_and_a_total(scene: Registry) -> None:
     text = render_table(coverage(scene, *WINDOW, NOW))
     lines = text.splitlines()
-    assert lines[0].split()[:4] == ["commune", "time", "(Asia/Ho_Chi_Minh)", "stream"]
+    assert lines[0].split()[:5] == ["day", "commune", "time", "(Asia/Ho_Chi_Minh)", "bulletin"]
     assert lines[2].split() == [
-        "25/08230", "2026-11-23", "06:00", "25@25", "morning", "2", "1", "1", "0", "0", "0",
-        "0", "50.0%",
+        "2026-11-23", "25/08230", "06:00", "Bản", "tin", "[morning]", "25@25", "2", "1", "0",
+        "1", "0", "0", "0", "0", "50.0%",
     ]  # fmt: skip
     assert len(lines) == 2 + 6 + 2
-    # Total: 9 expected, 2 complete, 1 partial, 1 failed, 1 missed, 1 silent, 3 pending.
+    # Total: 9 expected, 2 complete, 0 untrusted, 1 partial, 1 failed, 1 missed, 1 silent,
+    # 3 pending.
     assert lines[-1].split() == [
-        "TOTAL", "6", "occurrences", "9", "2", "1", "1", "1", "1", "3", "22.2%"
+        "TOTAL", "6", "occurrences", "9", "2", "0", "1", "1", "1", "1", "3", "22.2%"
     ]  # fmt: skip
     # Aligned: every number column ends where its header ends.
     assert lines[2].index("50.0%") + 5 == len(lines[0])
     assert lines[-1].endswith("22.2%") and len(lines[-1]) == len(lines[0])
+    assert "\x1b[" not in text  # no colour unless asked
 
     summary = render_summary(summarize(coverage(scene, *WINDOW, NOW))).splitlines()
-    assert summary[-1].split() == ["TOTAL", "6", "9", "2", "1", "1", "1", "1", "3", "22.2%"]
+    assert summary[-1].split() == ["TOTAL", "6", "9", "2", "0", "1", "1", "1", "1", "3", "22.2%"]
 
 
 def test_table_of_nothing_still_has_its_total() -> None:
     lines = render_table([]).splitlines()
-    assert lines[-1].split() == ["TOTAL", "0", "occurrences", *["0"] * 7, "-"]
+    assert lines[-1].split() == ["TOTAL", "0", "occurrences", *["0"] * 8, "-"]
 
 
 def test_csv_has_one_line_per_row(scene: Registry) -> None:
     lines = render_csv(coverage(scene, *WINDOW, NOW)).splitlines()
     assert lines[0] == (
-        "commune,stream,slot,scheduled_at,expected,complete,partial,failed,missed,no_report,"
-        "pending,coverage"
+        "day,commune,stream,slot,title,scheduled_at,expected,complete,untrusted,partial,failed,"
+        "missed,no_report,pending,coverage,why"
     )
-    assert lines[1] == "25/08230,25@25,morning,2026-11-22T23:00:00Z,2,1,1,0,0,0,0,0.5000"
+    assert lines[1] == (
+        "2026-11-23,25/08230,25@25,morning,Bản tin,2026-11-22T23:00:00Z,2,1,0,1,0,0,0,0,0.5000,"
+        "preempted ×1"
+    )
+    assert lines[2].endswith(",0.0000,failed ×1; missed ×1")
     assert len(lines) == 7
 
 
@@ -240,7 +366,10 @@ def test_coverage_cli_prints_the_tables(
     assert main(["coverage", *home, *window]) == 0
     out = capsys.readouterr().out
     assert "TOTAL" in out and "morning" in out and "evening" not in out
+    assert "communes below 100%" in out and "availability" in out
     assert main(["coverage", *home, *window, "--csv"]) == 0
-    assert "25/08230,08230@25/08230,commune-news," in capsys.readouterr().out
+    assert ",25/08230,08230@25/08230,commune-news," in capsys.readouterr().out
     assert main(["coverage", "--home", str(tmp_path / "nowhere")]) == 1
     assert "no registry" in capsys.readouterr().err
+    assert main(["coverage", *home, *window, "--tz", "Mars/Olympus"]) == 1
+    assert "unknown time zone" in capsys.readouterr().err
