@@ -94,7 +94,7 @@ class CommuneAvailability:
 class Availability:
     judged: Span
     bucket: timedelta
-    buckets: tuple[datetime, ...]  # bucket starts, UTC; each bucket is ``bucket`` long
+    buckets: tuple[datetime, ...]  # bucket starts over the whole window, UTC, ``bucket`` long
     stations: Mapping[str, StationAvailability]
 
     def communes(self) -> list[CommuneAvailability]:
@@ -122,10 +122,10 @@ def default_bucket(span: timedelta) -> timedelta:
     return timedelta(days=1)
 
 
-def bucket_starts(judged: Span, bucket: timedelta, tz: str) -> tuple[datetime, ...]:
-    """Bucket starts covering ``judged``, the first aligned to the local hour (or local midnight
+def bucket_starts(span: Span, bucket: timedelta, tz: str) -> tuple[datetime, ...]:
+    """Bucket starts covering ``span``, the first aligned to the local hour (or local midnight
     for daily buckets) at or before its start."""
-    start, end = judged
+    start, end = span
     local = start.astimezone(ZoneInfo(tz)).replace(minute=0, second=0, microsecond=0)
     if bucket >= timedelta(days=1):
         local = local.replace(hour=0)
@@ -153,8 +153,10 @@ def availability(
     start = window_start.astimezone(UTC)
     end = max(start, min(window_end, now).astimezone(UTC))
     judged = (start, end)
-    size = bucket or default_bucket(end - start)
-    edges = bucket_starts(judged, size, tz) if end > start else ()
+    # Buckets span the whole window, so a chart shows what is still to come as blank.
+    whole = (start, max(start, window_end.astimezone(UTC)))
+    size = bucket or default_bucket(whole[1] - start)
+    edges = bucket_starts(whole, size, tz)
     stations = registry.stations()
     reading_from = start - LOOKBACK
     heartbeats: dict[str, list[StoredReport]] = {}

@@ -103,9 +103,10 @@ def bulletin(row: CoverageRow) -> str:
 
 
 def render_table(rows: Sequence[CoverageRow], tz: str = DEFAULT_TZ, *, color: bool = False) -> str:
-    """The rows by local day, commune and time, as an aligned table ending with a total line."""
+    """The rows by local day, commune and time (local to ``tz``), as an aligned table ending
+    with a total line."""
     zone = ZoneInfo(tz)
-    header = ["day", "commune", f"time ({tz})", "bulletin", "stream", *_COUNT_HEADERS]
+    header = ["day", "commune", "time", "bulletin", "stream", *_COUNT_HEADERS]
     body = [
         [
             r.day.isoformat(),
@@ -203,7 +204,7 @@ def render_text(report: CoverageReport, *, color: bool = False) -> str:
     tz = report.tz
     start, end = local_time(report.window_start, tz), local_time(report.window_end, tz)
     parts = [
-        f"coverage of occurrences from {start} to {end}\n",
+        f"coverage of occurrences from {start} to {end}; days and times in {tz}\n",
         render_table(report.rows, tz, color=color),
         "\nper commune\n",
         render_summary(report.communes, color=color),
@@ -370,10 +371,12 @@ def _bucket_label(moment: datetime, bucket: timedelta, tz: str) -> str:
     return local.strftime("%H:%M") if local.hour or local.minute else local.strftime("%d/%m")
 
 
-def _x_labels(available: Availability, x0: float, step: float, y: float, tz: str) -> list[str]:
+def _x_labels(
+    available: Availability, x0: float, step: float, y: float, tz: str, anchor: str = "start"
+) -> list[str]:
     every = max(1, len(available.buckets) // 8)
     return [
-        f'<text x="{x0 + i * step:.1f}" y="{y:.1f}">'
+        f'<text x="{x0 + i * step:.1f}" y="{y:.1f}" text-anchor="{anchor}">'
         f"{_e(_bucket_label(edge, available.bucket, tz))}</text>"
         for i, edge in enumerate(available.buckets)
         if i % every == 0
@@ -398,7 +401,7 @@ def availability_lines(available: Availability, tz: str) -> str:
             f'<line x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}" stroke="#e0e0e0"/>'
             f'<text x="0" y="{y + 4:.1f}">{pct}%</text>'
         )
-    parts += _x_labels(available, left, step, top + plot_h + 16, tz)
+    parts += _x_labels(available, left, step, top + plot_h + 16, tz, anchor="middle")
     for index, commune in enumerate(communes):
         colour = _LINE_COLOURS[index % len(_LINE_COLOURS)]
         for run in _runs(commune.buckets):

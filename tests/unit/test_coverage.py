@@ -317,7 +317,7 @@ def test_station_text_is_made_harmless() -> None:
 def test_table_shows_local_days_and_times_and_a_total(scene: Registry) -> None:
     text = render_table(coverage(scene, *WINDOW, NOW))
     lines = text.splitlines()
-    assert lines[0].split()[:5] == ["day", "commune", "time", "(Asia/Ho_Chi_Minh)", "bulletin"]
+    assert lines[0].split()[:5] == ["day", "commune", "time", "bulletin", "stream"]
     assert lines[2].split() == [
         "2026-11-23", "25/08230", "06:00", "Bản", "tin", "[morning]", "25@25", "2", "1", "0",
         "1", "0", "0", "0", "0", "50.0%",
