@@ -5,5 +5,6 @@ pytest_plugins = [
     "tests.harness.clock",
     "tests.harness.gpio",
     "tests.harness.media_server",
+    "tests.harness.postgres",
     "tests.harness.trust",
 ]

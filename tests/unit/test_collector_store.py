@@ -1,12 +1,12 @@
 """The collector's intake without a broker: who is believed, what is stored once, and how far
-each kind's receipt watermark may go (PROTOCOL.md section 7)."""
+each kind's receipt watermark may go (PROTOCOL.md section 7). Each test runs on both registry
+stores: SQLite, and a real PostgreSQL server (tests/harness/postgres.py)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +16,7 @@ from agent.core import dsse
 from agent.core.reports import AsRun, offline_body, signed_asrun, to_bytes
 from agent.core.targets import StationId
 from province.collector import CONFLICT, DUPLICATE, IGNORED, REFUSED, STATE, STORED, ReportIntake
-from province.registry import Registry
+from province.registry import Registry, open_registry
 
 ONE = StationId.parse("25/08230/08230-01")
 TWO = StationId.parse("25/08230/08230-02")
@@ -51,8 +51,8 @@ def topic(station: StationId, kind: str) -> str:
 
 
 @pytest.fixture
-def registry(tmp_path: Path) -> Iterator[Registry]:
-    with Registry(tmp_path / "registry.db") as reg:
+def registry(registry_location: str) -> Iterator[Registry]:
+    with open_registry(registry_location) as reg:
         reg.add_station(ONE, b"cert-1", dsse.public_raw(key(1)).hex())
         reg.add_station(TWO, b"cert-2", dsse.public_raw(key(2)).hex())
         yield reg
@@ -141,10 +141,9 @@ def test_unknown_and_revoked_stations_are_refused(intake: ReportIntake, registry
     stranger = StationId.parse("25/08230/08230-09")
     unknown = intake.handle(topic(stranger, "heartbeat"), heartbeat(0, station=stranger.path))
     # Revocation is enrollment's business; set the column the way it does.
-    with registry.db:
-        registry.db.execute(
-            "UPDATE station SET revoked_at = ? WHERE id = ?", ("2026-11-20T00:00:00Z", TWO.path)
-        )
+    registry.store.write(
+        "UPDATE station SET revoked_at = ? WHERE id = ?", ("2026-11-20T00:00:00Z", TWO.path)
+    )
     revoked = intake.handle(topic(TWO, "heartbeat"), heartbeat(0, station=TWO.path))
     assert (unknown.outcome, unknown.station) == (REFUSED, stranger.path)
     assert revoked.outcome == REFUSED
