@@ -18,7 +18,15 @@ from agent import keyfiles
 from agent.core.models import Keyring
 from agent.core.timefmt import parse_rfc3339
 from hal.files import atomic_write
-from province import cli_collect, cli_demo, cli_enroll, cli_publish, cli_time, signing_log
+from province import (
+    cli_collect,
+    cli_demo,
+    cli_enroll,
+    cli_publish,
+    cli_stations,
+    cli_time,
+    signing_log,
+)
 from province.errors import ProvinceError
 from province.keyring_builder import KeySpec, build_body, sign_keyring
 from province.signer import Signer, open_signer
@@ -34,6 +42,7 @@ EXTENSIONS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]],
     cli_demo.register,
     cli_enroll.register,
     cli_time.register,
+    cli_stations.register,
 ]
 
 

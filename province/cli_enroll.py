@@ -1,5 +1,6 @@
 """``loa-province`` subcommands for the province CA and station enrollment: ``ca init``,
-``ca server-cert``, ``enroll``, ``acl`` and ``stations``.
+``ca server-cert``, ``enroll`` and ``acl`` (``stations``, with live state, is
+``province.cli_stations``').
 
 This module owns their arguments and what they print; the work is ``province.enrollment``'s.
 Every one takes ``--home DIR`` (default ``$LOA_PROVINCE_HOME`` or ``./province-home``).
@@ -67,9 +68,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     acl.add_argument("--out", type=Path, help="default: stdout")
     acl.set_defaults(handler=cmd_acl)
 
-    stations = sub.add_parser("stations", parents=[home], help="list enrolled stations")
-    stations.set_defaults(handler=cmd_stations)
-
 
 def _home(args: argparse.Namespace) -> ProvinceHome:
     return ProvinceHome(args.home if args.home is not None else enrollment.default_home())
@@ -118,25 +116,4 @@ def cmd_acl(args: argparse.Namespace) -> int:
         # Atomic: mosquitto re-reads the file on SIGHUP and must never see half of it.
         atomic_write(args.out, text.encode("utf-8"))
         print(f"wrote {args.out}")
-    return 0
-
-
-def cmd_stations(args: argparse.Namespace) -> int:
-    records = enrollment.list_stations(_home(args))
-    if not records:
-        print("no stations enrolled")
-        return 0
-    rows = [("station", "enrolled at", "signing key", "certificate until")]
-    rows += [
-        (
-            r.id.path,
-            r.enrolled_at,
-            enrollment.signing_fingerprint(r.signing_public),
-            f"{enrollment.not_after(r.cert_pem):%Y-%m-%d}",
-        )
-        for r in records
-    ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     return 0

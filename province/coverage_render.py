@@ -65,17 +65,18 @@ def _paint(cell: str, fraction: float | None) -> str:
     return f"{colour}{cell}{_RESET}"
 
 
-def _align(
+def align_table(
     header: Sequence[str],
     body: Sequence[Sequence[str]],
     align: str,
     *,
     total: bool = True,
     paint: Sequence[float | None] | None = None,
+    paint_column: int = -1,
 ) -> str:
     """Columns aligned as ``align`` says per column (``l`` or ``r``), a rule under the header
     (and above the last line when it is a total). ``paint``: per body line, the fraction that
-    colours its last cell (around the padded cell, so alignment holds)."""
+    colours its ``paint_column`` cell (around the padded cell, so alignment holds)."""
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
 
     def render(line: Sequence[str], fraction: float | None = None) -> str:
@@ -84,7 +85,7 @@ def _align(
             for cell, w, side in zip(line, widths, align, strict=True)
         ]
         if fraction is not None:
-            cells[-1] = _paint(cells[-1], fraction)
+            cells[paint_column] = _paint(cells[paint_column], fraction)
         return "  ".join(cells).rstrip()
 
     fractions = list(paint) if paint is not None else [None] * len(body)
@@ -123,7 +124,7 @@ def render_table(rows: Sequence[CoverageRow], tz: str = DEFAULT_TZ, *, color: bo
     expected, complete = sum(r.expected for r in rows), sum(r.complete for r in rows)
     paint = [r.coverage if r.expected else None for r in rows]
     paint.append(complete / expected if expected else None)
-    return _align(header, body, "l" * 5 + "r" * 9, paint=paint if color else None)
+    return align_table(header, body, "l" * 5 + "r" * 9, paint=paint if color else None)
 
 
 def render_summary(summaries: Sequence[CommuneSummary], *, color: bool = False) -> str:
@@ -134,7 +135,7 @@ def render_summary(summaries: Sequence[CommuneSummary], *, color: bool = False) 
     expected, complete = sum(s.expected for s in summaries), sum(s.complete for s in summaries)
     paint = [s.coverage if s.expected else None for s in summaries]
     paint.append(complete / expected if expected else None)
-    return _align(header, body, "l" + "r" * 10, paint=paint if color else None)
+    return align_table(header, body, "l" + "r" * 10, paint=paint if color else None)
 
 
 def render_below(summaries: Sequence[CommuneSummary]) -> str:
@@ -144,7 +145,7 @@ def render_below(summaries: Sequence[CommuneSummary]) -> str:
         return "every commune at 100%\n" if summaries else "no bulletins expected\n"
     header = ["commune", "coverage", "why (station-occurrences)"]
     body = [[s.commune, _percent(s.complete, s.expected), top_causes(s)] for s in short]
-    return _align(header, body, "lrl", total=False)
+    return align_table(header, body, "lrl", total=False)
 
 
 def render_details(rows: Sequence[CoverageRow], tz: str = DEFAULT_TZ) -> str:
@@ -165,7 +166,7 @@ def render_details(rows: Sequence[CoverageRow], tz: str = DEFAULT_TZ) -> str:
     ]
     if not body:
         return "no station fell short\n"
-    return _align(header, body, "l" * len(header), total=False)
+    return align_table(header, body, "l" * len(header), total=False)
 
 
 def render_availability(
@@ -188,7 +189,7 @@ def render_availability(
             paint.append(s.fraction)
     if not body:
         return "no stations enrolled\n"
-    return _align(header, body, "lrrlrr", total=False, paint=paint if color else None)
+    return align_table(header, body, "lrrlrr", total=False, paint=paint if color else None)
 
 
 def _members(available: Availability, commune: CommuneAvailability) -> list[StationAvailability]:
