@@ -25,6 +25,7 @@ from province import (
     cli_publish,
     cli_stations,
     cli_time,
+    httt_export,
     signing_log,
 )
 from province.errors import ProvinceError
@@ -43,6 +44,7 @@ EXTENSIONS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]],
     cli_enroll.register,
     cli_time.register,
     cli_stations.register,
+    httt_export.register,
 ]
 
 

@@ -227,7 +227,7 @@ CSV_FIELDS = (
 )  # fmt: skip
 
 
-def _cell(text: str) -> str:
+def csv_cell(text: str) -> str:
     """A spreadsheet takes a cell starting with = + - @ (or a tab, CR) for a formula."""
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
@@ -247,10 +247,10 @@ def render_csv(rows: Iterable[CoverageRow]) -> str:
     writer.writerow(CSV_FIELDS)
     for r in rows:
         writer.writerow(
-            [r.day.isoformat(), r.commune, r.stream, _cell(r.slot), _cell(r.title),
+            [r.day.isoformat(), r.commune, r.stream, csv_cell(r.slot), csv_cell(r.title),
              format_rfc3339(r.scheduled_at), r.expected, r.complete, r.untrusted, r.partial,
              r.failed, r.missed, r.no_report, r.pending, f"{r.coverage:.4f}",
-             _cell(_row_why(r))]
+             csv_cell(_row_why(r))]
         )  # fmt: skip
     return out.getvalue()
 
