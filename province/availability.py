@@ -113,25 +113,34 @@ class Availability:
 
 
 def default_bucket(span: timedelta) -> timedelta:
-    """Hourly up to four days, six-hourly up to two weeks, daily beyond: a chart of at most
-    about a hundred columns stays readable."""
-    if span <= timedelta(days=4):
-        return timedelta(hours=1)
-    if span <= timedelta(days=14):
-        return timedelta(hours=6)
+    """A chart of a few dozen to about a hundred columns: minutes up to half an hour, ten
+    minutes up to six hours, hours up to four days, six hours up to two weeks, days beyond."""
+    for limit, size in (
+        (timedelta(minutes=30), timedelta(minutes=1)),
+        (timedelta(hours=6), timedelta(minutes=10)),
+        (timedelta(days=4), timedelta(hours=1)),
+        (timedelta(days=14), timedelta(hours=6)),
+    ):
+        if span <= limit:
+            return size
     return timedelta(days=1)
 
 
 def bucket_starts(span: Span, bucket: timedelta, tz: str) -> tuple[datetime, ...]:
-    """Bucket starts covering ``span``, the first aligned to the local hour (or local midnight
-    for daily buckets) at or before its start."""
+    """Bucket starts covering ``span``, the first at the local time at or before its start that
+    is a whole multiple of the bucket within its hour (minute buckets), day (hour buckets), or
+    local midnight (daily buckets)."""
     start, end = span
-    local = start.astimezone(ZoneInfo(tz)).replace(minute=0, second=0, microsecond=0)
+    local = start.astimezone(ZoneInfo(tz)).replace(second=0, microsecond=0)
+    size_s = int(bucket.total_seconds())
     if bucket >= timedelta(days=1):
-        local = local.replace(hour=0)
-    elif bucket > timedelta(hours=1):
-        whole_hours = int(bucket.total_seconds() // 3600)
-        local = local.replace(hour=local.hour - local.hour % whole_hours)
+        local = local.replace(hour=0, minute=0)
+    elif bucket >= timedelta(hours=1):
+        whole_hours = max(1, size_s // 3600)
+        local = local.replace(hour=local.hour - local.hour % whole_hours, minute=0)
+    else:
+        whole_minutes = max(1, size_s // 60)
+        local = local.replace(minute=local.minute - local.minute % whole_minutes)
     edges = []
     edge = local.astimezone(UTC)
     while edge < end:

@@ -640,7 +640,9 @@ def render_html(report: CoverageReport) -> str:
 
 
 def _bucket_words(bucket: timedelta) -> str:
-    hours = bucket.total_seconds() / 3600
-    if hours >= 24:
-        return f"{hours / 24:g}-day buckets"
-    return f"{hours:g}-hour buckets"
+    minutes = bucket.total_seconds() / 60
+    if minutes < 60:
+        return f"{minutes:g}-minute buckets"
+    if minutes < 24 * 60:
+        return f"{minutes / 60:g}-hour buckets"
+    return f"{minutes / (24 * 60):g}-day buckets"

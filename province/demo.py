@@ -6,7 +6,8 @@ enroll three simulated stations in two communes, generate the broker ACL from th
 start a private mosquitto (mutual TLS) and a media server on loopback, start the stations
 (``LOA_HAL=sim``: MockFactory relays, a WAV file per loudspeaker) and the collector, publish a
 province playlist and a commune playlist whose slots start within seconds, wait for the as-run
-records, and print the coverage table. Everything it started is stopped at the end, also on
+records, print the coverage table and write the HTML coverage report (``coverage.html`` in the
+out directory, its path printed last). Everything it started is stopped at the end, also on
 Ctrl-C. Nothing leaves the machine: every address is 127.0.0.1.
 """
 
@@ -47,6 +48,7 @@ class DemoResult:
     wavs: dict[str, Path]
     logs: Path
     asruns: list[dict[str, object]] = field(default_factory=list)
+    report: Path | None = None  # the HTML coverage report
 
 
 class DemoError(RuntimeError):
@@ -86,6 +88,8 @@ class Demo:
             # Stations start only once the collector is subscribed: nothing to resend later.
             ready = "collecting province"
             self.wait_for(lambda: ready in self.log_text("collector"), "the collector", 20)
+            # The coverage window starts here: before it, there were no stations to be up.
+            window_from = datetime.now(UTC).replace(microsecond=0)
             for station in self.stations:
                 stack.enter_context(self.station_process(station))
             hello = "SELECT COUNT(DISTINCT station) FROM report WHERE kind = 'heartbeat'"
@@ -101,11 +105,13 @@ class Demo:
                 f"{expected} as-run records",
                 first_slot_in_s + 45,
             )
-            self.step("7/7", "coverage")
-            window_from = (datetime.now(UTC) - timedelta(minutes=5)).isoformat(timespec="seconds")
+            self.step("7/7", "coverage: table here, HTML report to open in a browser")
             window_to = (ends + timedelta(minutes=1)).isoformat(timespec="seconds")
-            coverage = ("loa-province", "coverage", "--home", self.home)
-            table = self.cli(*coverage, "--from", window_from, "--to", window_to, quiet=True)
+            report = self.out / "coverage.html"
+            coverage = ("loa-province", "coverage", "--home", self.home, "--html", report)
+            table = self.cli(
+                *coverage, "--from", window_from.isoformat(), "--to", window_to, quiet=True
+            )
             self.say(table)
             asruns = self.asruns()
         wavs = {s: self.station_dir(s) / "state" / "speaker.wav" for s in self.stations}
@@ -116,7 +122,8 @@ class Demo:
         self.say(
             f"Done in {time.monotonic() - self.started:.0f} s; everything started was stopped."
         )
-        return DemoResult(table, wavs, self.logs, asruns)
+        self.say(f"Coverage report (HTML, open it in a browser): {report}")
+        return DemoResult(table, wavs, self.logs, asruns, report)
 
     def step(self, number: str, what: str) -> None:
         self.say(f"\n[{number}] {what}  (+{time.monotonic() - self.started:.0f} s)")
@@ -239,10 +246,11 @@ class Demo:
         second = first + timedelta(seconds=6)
         bodies = {
             "province": (playlist_doc("25", "25", first, "ban-tin-sang", "ban-tin",
-                                      media / "ban-tin.mp3", media_url), "playlist"),
+                                      media / "ban-tin.mp3", media_url, "Bản tin sáng"),
+                         "playlist"),
             "commune-08231": (playlist_doc("08231", "25/08231", second, "thong-bao",
                                            "thong-bao-08231", media / "thong-bao-08231.mp3",
-                                           media_url), "commune-08231"),
+                                           media_url, "Thông báo của xã"), "commune-08231"),
         }  # fmt: skip
         signed = []
         for name, (doc, key) in bodies.items():
@@ -334,8 +342,9 @@ def make_tone(path: Path, freq_hz: float, seconds: float) -> None:
 
 
 def playlist_doc(
-    issuer: str, target: str, at: datetime, slot: str, item: str, media: Path, media_url: str
-) -> dict[str, object]:
+    issuer: str, target: str, at: datetime, slot: str, item: str, media: Path, media_url: str,
+    title: str | None = None,
+) -> dict[str, object]:  # fmt: skip
     import hashlib
 
     data = media.read_bytes()
@@ -349,7 +358,7 @@ def playlist_doc(
         "timezone": "Asia/Ho_Chi_Minh",
         "media": {item: {"url": f"{media_url}/{media.name}",
                          "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
-                         "title": slot, "category": "news"}},
+                         "title": title or slot, "category": "news"}},
         "slots": [{"id": slot, "start": local.strftime("%H:%M:%S"),
                    "dates": [local.date().isoformat()], "items": [item], "zones": ["all"],
                    "volume": 90}],

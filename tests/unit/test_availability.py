@@ -140,13 +140,13 @@ def test_a_heartbeat_with_an_untrusted_clock_is_placed_when_received(registry: R
 
 def test_hourly_buckets_on_local_hours(registry: Registry) -> None:
     Beats(registry).every(A1, at(7), at(7, 59), 60)  # up 07:00-08:00:30
-    found = availability(registry, at(6, 30), at(10), at(9, 30))
-    assert found.bucket == timedelta(hours=1)
+    hour = timedelta(hours=1)
+    found = availability(registry, at(6, 30), at(10), at(9, 30), bucket=hour)
     assert found.buckets == (at(6), at(7), at(8), at(9))
     a1 = found.stations[A1.path]
     # 06:30-07:00 judged and down; 07:00-08:00 up; 30 s of 08:00-09:00; 09:00-09:30 down.
     assert a1.buckets == pytest.approx((0.0, 1.0, 30 / 3600, 0.0))
-    later = availability(registry, at(6, 30), at(12), at(9, 30))
+    later = availability(registry, at(6, 30), at(12), at(9, 30), bucket=hour)
     assert later.stations[A1.path].buckets[-1] is None  # 11:00-12:00 is still to come
 
 
@@ -158,7 +158,8 @@ def test_commune_availability_is_the_mean_of_its_stations(registry: Registry) ->
     assert communes["25/08230"].stations == 2
     assert communes["25/08230"].fraction == pytest.approx(0.5)
     assert communes["25/08231"].fraction == 0.0
-    assert communes["25/08230"].buckets == pytest.approx((0.5, 0.5, 0.5, 0.5))
+    assert found.bucket == timedelta(minutes=10)  # 4 hours: 24 columns
+    assert communes["25/08230"].buckets == pytest.approx((0.5,) * 24)
 
 
 def test_revoked_stations_are_not_judged(registry: Registry) -> None:
@@ -168,10 +169,14 @@ def test_revoked_stations_are_not_judged(registry: Registry) -> None:
 
 
 def test_bucket_size_grows_with_the_window() -> None:
+    assert default_bucket(timedelta(minutes=3)) == timedelta(minutes=1)
+    assert default_bucket(timedelta(hours=2)) == timedelta(minutes=10)
     assert default_bucket(timedelta(days=1)) == timedelta(hours=1)
     assert default_bucket(timedelta(days=7)) == timedelta(hours=6)
     assert default_bucket(timedelta(days=30)) == timedelta(days=1)
     six = bucket_starts((at(7, 30), at(20)), timedelta(hours=6), "Asia/Ho_Chi_Minh")
     assert six == (at(6), at(12), at(18))
+    tens = bucket_starts((at(7, 34), at(8, 5)), timedelta(minutes=10), "Asia/Ho_Chi_Minh")
+    assert tens == (at(7, 30), at(7, 40), at(7, 50), at(8))
     days = bucket_starts((at(7, 30), at(7, day=25)), timedelta(days=1), "Asia/Ho_Chi_Minh")
     assert days == (at(0), at(0, day=24), at(0, day=25))
