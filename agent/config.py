@@ -97,6 +97,12 @@ class MediaConfig:
 @dataclass(frozen=True, slots=True)
 class ReportsConfig:
     heartbeat_s: float = 300.0
+    # Unacknowledged reports kept at most (agent/outbox.py's policy drops heartbeats first).
+    # A day offline costs about 0.5 MB, so 32 MB rides out weeks without a link.
+    outbox_max_mb: float = 32.0
+    # Section 7: the first few rejections per code and minute are events, the rest counts.
+    rejection_events_per_minute: int = 5
+    rejection_window_s: float = 60.0  # "per minute": a test may make the minute shorter
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,7 +297,12 @@ def load_config(text: str, env: Mapping[str, str], base_dir: Path) -> Config:
     )
     reports_t = _table(doc, "reports")
     reports = ReportsConfig(
-        heartbeat_s=_number(reports_t, "heartbeat_s", 300.0, "reports", 1, 86400)
+        heartbeat_s=_number(reports_t, "heartbeat_s", 300.0, "reports", 1, 86400),
+        outbox_max_mb=_number(reports_t, "outbox_max_mb", 32.0, "reports", 0.001, 1024 * 1024),
+        rejection_events_per_minute=int(
+            _number(reports_t, "rejection_events_per_minute", 5, "reports", 1, 1_000_000)
+        ),
+        rejection_window_s=_number(reports_t, "rejection_window_s", 60.0, "reports", 1, 3600),
     )
     broker = BrokerConfig(
         urls=tuple(urls),

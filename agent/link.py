@@ -147,15 +147,16 @@ class Link:
         self._reconnect_cap = reconnect_cap_s
         self._rng = rng or random.SystemRandom()
         self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._attempt = 0  # attempts since the last connection that worked
+        self._session_up = False  # this connection got a CONNACK that was not a refusal
         self.connected = False
-        self._session_up = False  # this connection attempt got a CONNACK that was not a refusal
         self.broker_index = 0  # the broker tried next, or connected to now
-        client = tls_client(station.path, tls, reconnect_on_failure=False)
+        client = tls_client(station.path, tls)
         will_props = Properties(PacketTypes.WILLMESSAGE)  # type: ignore[no-untyped-call]
         will_props.WillDelayInterval = will_delay_s
         client.will_set(self.state_topic, will_payload, qos=1, retain=True, properties=will_props)
         client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         self._client = client
@@ -165,36 +166,33 @@ class Link:
         return f"{self.station.prefix}/state"
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="loa-link", daemon=True)
-        self._thread.start()
+        # paho's own thread runs the network (``loop_start``: publishing from another thread is
+        # only safe then); the link steers the retries from paho's callbacks: which broker next
+        # (``connect_async``) and how long to wait before it (``reconnect_delay_set``).
+        self._plan_retry(failed=False, first=True)
+        self._client.loop_start()
 
-    def _run(self) -> None:
-        """Connect, serve until the connection ends, wait, try again; until ``stop``."""
-        attempt = 0
-        while not self._stopping.is_set():
-            host, port = self.brokers[self.broker_index]
-            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = self._session_expiry
-            self._session_up = False
-            try:
-                self._client.connect(
-                    host, port, keepalive=self._keepalive, clean_start=False, properties=props
-                )
-            except (OSError, ssl.SSLError, ValueError) as exc:
-                self._deliver(Disconnected(f"cannot reach {host}:{port}: {exc}"))
-            else:
-                # Returns when the connection ends (reconnect_on_failure is off) or on stop.
-                self._client.loop_forever()
-            if self._session_up:
-                attempt = 0  # it worked: the same broker first, after a short wait
-            else:
-                # Refused or unreachable: the next broker in the list.
-                self.broker_index = (self.broker_index + 1) % len(self.brokers)
-            delay = reconnect_delay(
-                attempt, self._rng, base_s=self._reconnect_base, cap_s=self._reconnect_cap
-            )
-            attempt += 1
-            self._stopping.wait(delay)
+    def _plan_retry(self, failed: bool, first: bool = False) -> None:
+        """After a drop or a failed attempt: the same broker if it had worked, else the next
+        one; and a jittered wait that grows with each attempt that did not work."""
+        if self._stopping.is_set():
+            return
+        if failed:
+            self.broker_index = (self.broker_index + 1) % len(self.brokers)
+        else:
+            self._attempt = 0
+        delay = reconnect_delay(
+            self._attempt, self._rng, base_s=self._reconnect_base, cap_s=self._reconnect_cap
+        )
+        self._attempt += 0 if first else 1
+        # min = max = this delay: paho then waits exactly that long (it doubles only its own).
+        self._client.reconnect_delay_set(delay, delay)  # type: ignore[arg-type]
+        host, port = self.brokers[self.broker_index]
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = self._session_expiry
+        self._client.connect_async(
+            host, port, keepalive=self._keepalive, clean_start=False, properties=props
+        )
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> bool:
         """Queue a QoS 1 publish; False when not connected (the outbox keeps the report)."""
@@ -212,8 +210,7 @@ class Link:
             with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(timeout_s)
         self._client.disconnect()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
+        self._client.loop_stop()
 
     # paho callbacks: run on paho's thread, enqueue only -----------------------------------
 
@@ -226,6 +223,7 @@ class Link:
         properties: Properties | None,
     ) -> None:
         if reason_code.is_failure:
+            self._session_up = False
             self._deliver(Disconnected(f"connect refused: {reason_code}"))
             return
         self.connected = True
@@ -233,6 +231,11 @@ class Link:
         # Renewed on every connect: a broker that lost the session still serves us.
         client.subscribe([(topic, 1) for topic in down_topics(self.station)])
         self._deliver(Connected(bool(flags.session_present)))
+
+    def _on_connect_fail(self, client: Client, userdata: Any) -> None:
+        host, port = self.brokers[self.broker_index]
+        self._deliver(Disconnected(f"cannot reach {host}:{port}"))
+        self._plan_retry(failed=True)
 
     def _on_disconnect(
         self,
@@ -244,6 +247,8 @@ class Link:
     ) -> None:
         self.connected = False
         self._deliver(Disconnected(str(reason_code)))
+        self._plan_retry(failed=not self._session_up)
+        self._session_up = False
 
     def _on_message(self, client: Client, userdata: Any, message: MQTTMessage) -> None:
         self._deliver(Received(message.topic, bytes(message.payload), bool(message.retain)))

@@ -4,6 +4,13 @@ SQLite, WAL, synchronous=FULL. ``seq`` is per report kind, allocated in the same
 that stores the report, so it increases by one and never repeats across restarts or power cuts.
 A row leaves only when the collector's receipt watermark covers it: a broker PUBACK deletes
 nothing (mosquitto also acknowledges messages it then discards).
+
+Retention is bounded (``enforce_cap``), and the policy is written here because the province's
+KPI depends on it: when the unacknowledged reports outgrow the cap (weeks without a link), the
+oldest heartbeats go first, then the oldest events, and as-run records only when nothing else is
+left; never the newest report of a kind. What was dropped is returned as ranges of ``seq`` so
+the station reports the loss itself (event ``reports-dropped``), and the collector can tell a
+known loss from a gap still to be filled.
 """
 
 from __future__ import annotations
@@ -15,6 +22,10 @@ from datetime import datetime
 from pathlib import Path
 
 KINDS = ("heartbeat", "asrun", "event")
+# The order in which reports give way when the outbox is over its cap: the proof of play last.
+DROP_ORDER = ("heartbeat", "event", "asrun")
+# Dropping stops below the cap by this fraction, so a full outbox does not drop on every append.
+CAP_HYSTERESIS = 0.9
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS counter (kind TEXT PRIMARY KEY, next_seq INTEGER NOT NULL);
@@ -40,6 +51,17 @@ class Report:
     seq: int
     topic: str
     payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DroppedRange:
+    """Reports of one kind, ``first_seq`` to ``last_seq`` inclusive, dropped unsent."""
+
+    kind: str
+    first_seq: int
+    last_seq: int
+    count: int
+    bytes: int
 
 
 class Outbox:
@@ -145,6 +167,48 @@ class Outbox:
             )
             row = self._db.execute("SELECT value FROM meta WHERE key = 'session'").fetchone()
         return int(row[0])
+
+    def stored_bytes(self) -> int:
+        row = self._db.execute("SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM report").fetchone()
+        return int(row[0])
+
+    def enforce_cap(self, max_bytes: int) -> list[DroppedRange]:
+        """Drop the oldest reports, in ``DROP_ORDER``, until the payloads fit in
+        ``CAP_HYSTERESIS * max_bytes``; nothing happens while they fit in ``max_bytes``.
+
+        The newest report of each kind is kept: it is the station's latest word, and the
+        report of the loss goes out beside it."""
+        total = self.stored_bytes()
+        if max_bytes <= 0 or total <= max_bytes:
+            return []
+        goal = int(max_bytes * CAP_HYSTERESIS)
+        dropped: list[DroppedRange] = []
+        try:
+            with self._db:
+                for kind in DROP_ORDER:
+                    if total <= goal:
+                        break
+                    rows = self._db.execute(
+                        "SELECT seq, LENGTH(payload) FROM report WHERE kind = ? "
+                        "AND seq < (SELECT MAX(seq) FROM report WHERE kind = ?) ORDER BY seq",
+                        (kind, kind),
+                    ).fetchall()
+                    taken: list[tuple[int, int]] = []
+                    for seq, size in rows:
+                        if total <= goal:
+                            break
+                        taken.append((seq, size))
+                        total -= size
+                    if taken:
+                        last = taken[-1][0]
+                        self._db.execute(
+                            "DELETE FROM report WHERE kind = ? AND seq <= ?", (kind, last)
+                        )
+                        freed = sum(size for _, size in taken)
+                        dropped.append(DroppedRange(kind, taken[0][0], last, len(taken), freed))
+        except sqlite3.Error as exc:
+            raise OutboxError(f"cannot enforce the outbox cap: {exc}") from exc
+        return dropped
 
     def backlog(self) -> dict[str, int]:
         rows = self._db.execute("SELECT kind, COUNT(*) FROM report GROUP BY kind")

@@ -21,6 +21,7 @@ from agent.config import Config
 from agent.core import strict
 from agent.core.clock import Clock
 from agent.core.codes import Code
+from agent.core.flood import FloodGate
 from agent.core.models import Command, Keyring, MediaRef, Playlist
 from agent.core.planner import Occurrence, occurrences
 from agent.core.reports import (
@@ -37,7 +38,7 @@ from agent.ingest import Ingestor
 from agent.link import Connected, Disconnected, Link, Received
 from agent.loudness import LoudnessStore, db_to_gain
 from agent.media_workers import MediaDone, MediaWorkers, Quarantined
-from agent.outbox import Outbox, OutboxError
+from agent.outbox import DroppedRange, Outbox, OutboxError
 from agent.player import Player, PlayItem, PlayResult
 from agent.programme import Outcome, Programme
 from agent.quota import touch
@@ -124,8 +125,11 @@ class Station:
     _started_mono: float = 0.0
     _clock_offset: float | None = None
     _held: dict[str, bytes] = field(default_factory=dict)  # topic -> retained envelope
+    flood: FloodGate = field(default_factory=FloodGate)
 
     def __post_init__(self) -> None:
+        reports = self.config.reports
+        self.flood = FloodGate(reports.rejection_events_per_minute, reports.rejection_window_s)
         self.timers = Timers(lambda key: self.inbox.put(Fire(key)))
         self.player = self.player_factory(
             lambda result: self.inbox.put(PlayDone(result)),
@@ -232,6 +236,7 @@ class Station:
                             {"slot": slot, "key": message.key})  # fmt: skip
             case Tick(what="heartbeat"):
                 self.outbox.set_alive(self.clock.now())
+                self._enforce_outbox_cap()
                 self._heartbeat()
                 self._flush()
                 self._fetch_missing()
@@ -241,6 +246,7 @@ class Station:
                 if self.ingestor.store.data_version() != self._data_version:
                     self._reload_playlists()  # `loa-agent ingest` changed the state
                 self._check_clock_jump()
+                self._summarise_floods()
 
     def _on_received(self, message: Received) -> None:
         station = self.config.station
@@ -267,6 +273,14 @@ class Station:
         """One envelope through the trust core, and the event that says what became of it."""
         verdict = self.ingestor.ingest(payload, topic)
         fields = {"topic": topic}
+        # Rejections and repeats of what is held already are what a flood is made of: only the
+        # first few per code and minute are reported one by one (section 7), the rest counted.
+        if isinstance(verdict, Rejection):
+            gate_code = str(verdict.code)
+        else:
+            gate_code = "accepted-noop" if verdict.noop else ""
+        if gate_code and not self.flood.admit(gate_code, self.clock.monotonic()):
+            return verdict
         if isinstance(verdict, Rejection):
             fields["payload_kind"] = verdict.kind or "unknown"
             self._event("envelope", str(verdict.code), verdict.detail, fields)
@@ -278,6 +292,16 @@ class Station:
             }
             self._event("envelope", "accepted", verdict.line(), fields)
         return verdict
+
+    def _summarise_floods(self) -> None:
+        for held in self.flood.due(self.clock.monotonic()):
+            self._event(
+                "envelope",
+                "rejections-suppressed",
+                f"{held.count} more '{held.code}' in {held.window_s:.0f} s, counted, not sent "
+                "one by one",
+                {"rejected_code": held.code, "count": held.count, "window_s": held.window_s},
+            )
 
     def _hold(self, topic: str, payload: bytes) -> None:
         """Retained messages arrive in no particular order after a reconnect: a keyring ahead of
@@ -323,6 +347,8 @@ class Station:
             self.outbox.acknowledge({k: v for k, v in marks.items() if isinstance(v, int)})
             pending = self.outbox.pending_ids()
             self._published = {i: t for i, t in self._published.items() if i in pending}
+            # A receipt makes room: a long backlog drains a batch per receipt, not per heartbeat.
+            self._flush()
 
     def _on_connected(self, resync: bool = False) -> None:
         if not resync:
@@ -515,6 +541,28 @@ class Station:
         if self.link is not None and self.link.publish(report.topic, report.payload):
             self._published[report.id] = self.clock.monotonic()
 
+    def _enforce_outbox_cap(self) -> None:
+        """The outbox's retention policy (agent/outbox.py), and the loss reported as an event so
+        the province knows which reports it will never see."""
+        cap = int(self.config.reports.outbox_max_mb * 1024 * 1024)
+        try:
+            dropped = self.outbox.enforce_cap(cap)
+        except OutboxError as exc:
+            log.error("%s", exc)
+            return
+        for loss in dropped:
+            self._report_dropped(loss, cap)
+
+    def _report_dropped(self, loss: DroppedRange, cap: int) -> None:
+        self._event(
+            "outbox",
+            "reports-dropped",
+            f"{loss.count} {loss.kind} reports (seq {loss.first_seq}..{loss.last_seq}) dropped "
+            f"unsent: the outbox was over its cap of {cap} bytes",
+            {"report_kind": loss.kind, "first_seq": loss.first_seq, "last_seq": loss.last_seq,
+             "count": loss.count, "bytes": loss.bytes},
+        )  # fmt: skip
+
     def _flush(self) -> None:
         """Send what was never sent in this session, and again what stayed unacknowledged too
         long: a broker that took a report no collector was subscribed for dropped it."""
@@ -563,7 +611,11 @@ class Station:
                 "floor": str(state.time_floor),
             },
             link={"session": self.session, "connected": bool(self.link and self.link.connected)},
-            outbox=self.outbox.backlog(),
+            outbox={
+                **self.outbox.backlog(),
+                "bytes": self.outbox.stored_bytes(),
+                "cap_bytes": int(self.config.reports.outbox_max_mb * 1024 * 1024),
+            },
             hw={
                 "inputs": self.inputs.states() if self.inputs else None,
                 "level": "measured" if self.config.capture.device else "digital",

@@ -172,6 +172,7 @@ def birth_body(station: StationId, session: int, now: datetime, health: Health) 
         "agent_version": health.agent_version,
         "streams": dict(health.streams),
         "keyring": health.keyring,
+        "cache": dict(health.cache),
     }
 
 

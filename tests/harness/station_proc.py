@@ -78,8 +78,10 @@ class StationProcess:
 
 
 def provision_station(
-    directory: Path, broker: MosquittoBroker, station_path: str
+    directory: Path, broker: MosquittoBroker, station_path: str, *, reports: str = ""
 ) -> StationProcess:
+    """A provisioned station directory for ``StationProcess``; ``reports`` adds lines to its
+    ``[reports]`` section (heartbeat every 2 s unless it sets ``heartbeat_s``)."""
     station = StationId.parse(station_path)
     from datetime import UTC, datetime
 
@@ -104,7 +106,9 @@ def provision_station(
     config = config.replace(
         "[gpio.zones]\n", f"[gpio.zones]\nnorth = {NORTH_PIN}\nsouth = {SOUTH_PIN}\n"
     )
-    config += "\n[media]\nallow_http = true\ntimeout_s = 5\n\n[reports]\nheartbeat_s = 2\n"
+    if "heartbeat_s" not in reports:
+        reports = "heartbeat_s = 2\n" + reports
+    config += "\n[media]\nallow_http = true\ntimeout_s = 5\n\n[reports]\n" + reports
     result.config_path.write_text(config)
     home = directory / "home"
     home.mkdir()
