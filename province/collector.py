@@ -13,13 +13,15 @@ storage), so it can be tested on its own.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
+import secrets
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeGuard
 
 from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage
@@ -33,10 +35,13 @@ from agent.core.codes import Rejected
 from agent.core.dsse import parse_envelope
 from agent.core.reports import ASRUN_TYPE, to_bytes
 from agent.core.targets import StationId
+from agent.core.timefmt import format_rfc3339
 from agent.link import LinkError, TlsFiles, tls_client
 from agent.outbox import KINDS
 from province.errors import ProvinceError
 from province.registry import Registry, StationRecord, received_at_text
+from province.signer import Signer
+from province.signing import canonical_json, sign_body
 
 log = logging.getLogger("loa.province.collector")
 
@@ -45,6 +50,13 @@ log = logging.getLogger("loa.province.collector")
 ENVELOPE_CAP = 3 * 1024 * 1024
 RECEIPT_INTERVAL_S = 1.0
 QUEUE_SIZE = 10_000
+# Several collectors split the stations' telemetry through one MQTT 5 shared subscription.
+SHARE_GROUP = "loa-collectors"
+# A hole in a station's seqs that lasts this long is not reordering (shared subscriptions
+# deliver round-robin, so reports arrive out of order) but a loss: ask the station to resync.
+GAP_GRACE_S = 60.0
+RESYNC_EVERY_S = 600.0  # at most one resync per station this often
+RESYNC_VALID_S = 900.0
 
 # What happened to one message (``Handled.outcome``).
 STORED, DUPLICATE, CONFLICT, STATE, IGNORED, REFUSED = (
@@ -84,6 +96,19 @@ class Handled:
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def resync_body(province: str, station: str, issued: datetime, valid_s: float) -> bytes:
+    """A ``resync`` command for one station (role ``maintenance``), with a fresh id."""
+    doc = {
+        "kind": "command", "schema": 1,
+        "id": f"resync-{issued.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(4)}",
+        "issuer": province, "target": station,
+        "issued_at": format_rfc3339(issued),
+        "expires": format_rfc3339(issued + timedelta(seconds=valid_s)),
+        "action": "resync",
+    }  # fmt: skip
+    return canonical_json(doc)
 
 
 class ReportIntake:
@@ -188,8 +213,20 @@ class ReportIntake:
             reason = f"seq-conflict: {kind} seq {seq} is stored with other content"
             self.registry.refuse(topic, reason, payload, received_at)
             return Handled(topic, station, kind, CONFLICT, reason, seq, result.watermark)
+        if result.stored and kind == "event" and doc.get("code") == "reports-dropped":
+            self._record_lost(station, doc, received_at)
         outcome = STORED if result.stored else DUPLICATE
         return Handled(topic, station, kind, outcome, None, seq, result.watermark)
+
+    def _record_lost(self, station: str, doc: dict[str, Any], received_at: str) -> None:
+        """The station's outbox dropped reports unsent (agent/outbox.py's retention policy):
+        that range will never come, so it must not hold the watermark (and with it the
+        station's outbox) forever. Kept in ``lost``, so coverage can say "lost", not "silent"."""
+        kind, first, last = doc.get("report_kind"), doc.get("first_seq"), doc.get("last_seq")
+        if kind in KINDS and _is_int(first) and _is_int(last) and 0 <= first <= last:
+            self.registry.record_lost(station, kind, first, last, received_at)
+        else:
+            log.warning("%s: reports-dropped event without a usable range: %s", station, doc)
 
 
 def _is_int(value: object) -> TypeGuard[int]:
@@ -246,6 +283,7 @@ class CollectorStats:
     states: int = 0
     receipts: int = 0
     errors: int = 0  # messages the worker could not handle (registry failures, bugs)
+    resyncs: int = 0  # resync commands sent to stations with a lasting hole in their seqs
     connected: bool = False
     refused_codes: dict[str, int] = field(default_factory=dict)
     watermarks: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -266,9 +304,21 @@ class Collector:
         session_expiry_s: int = 86_400,
         keepalive_s: int = 60,
         now: Callable[[], datetime] = utc_now,
+        client_id: str | None = None,
+        share_group: str | None = SHARE_GROUP,
+        resync_signer: Signer | None = None,
+        gap_grace_s: float = GAP_GRACE_S,
+        resync_every_s: float = RESYNC_EVERY_S,
     ) -> None:
         self.province = province
         self.intake = ReportIntake(registry, province, now)
+        self._now = now
+        self._share_group = share_group
+        self._resync_signer = resync_signer
+        self._gap_grace = gap_grace_s
+        self._resync_every = resync_every_s
+        self._gappy: dict[str, float] = {}  # station -> monotonic time a hole was first seen
+        self._last_resync: dict[str, float] = {}
         self._host, self._port = host, port
         self._receipt_interval = receipt_interval_s
         # A persistent session makes the broker queue reports while the collector is down;
@@ -284,7 +334,7 @@ class Collector:
         self._last_receipt: dict[str, float] = {}  # station -> monotonic time of the last one
         self._worker: threading.Thread | None = None
         try:
-            client = tls_client(f"province-{province}", tls)
+            client = tls_client(client_id or f"province-{province}", tls)
         except LinkError as exc:
             raise CollectorError(f"the operator's identity: {exc}") from exc
         client.reconnect_delay_set(min_delay=1, max_delay=60)
@@ -296,8 +346,14 @@ class Collector:
 
     @property
     def topics(self) -> list[str]:
+        """Telemetry through the shared subscription (each report reaches one collector of
+        the group); ``state`` directly, because a shared subscription gets no retained message
+        and every collector wants each station's last birth or Will when it starts."""
         p = self.province
-        return [f"loa/v1/{p}/+/+/telemetry/#", f"loa/v1/{p}/+/+/state"]
+        telemetry = f"loa/v1/{p}/+/+/telemetry/#"
+        if self._share_group:
+            telemetry = f"$share/{self._share_group}/{telemetry}"
+        return [telemetry, f"loa/v1/{p}/+/+/state"]
 
     def start(self) -> None:
         if self._worker is not None:
@@ -331,11 +387,12 @@ class Collector:
     def stats(self) -> CollectorStats:
         with self._lock:
             s = self._stats
-            return CollectorStats(
-                s.received, s.stored, s.duplicates, s.refused, s.states, s.receipts, s.errors,
-                self._connected, dict(s.refused_codes),
-                {station: dict(marks) for station, marks in s.watermarks.items()},
-            )  # fmt: skip
+            return dataclasses.replace(
+                s,
+                connected=self._connected,
+                refused_codes=dict(s.refused_codes),
+                watermarks={station: dict(marks) for station, marks in s.watermarks.items()},
+            )
 
     # the worker thread ------------------------------------------------------------------------
 
@@ -357,8 +414,11 @@ class Collector:
                 except queue.Empty:
                     item = None
             self._send_receipts(force=stopping)
+            self._chase_gaps()
 
     def _wait_s(self) -> float | None:
+        if self._gappy and not self._dirty:
+            return self._gap_grace / 4
         if not self._dirty:
             return None
         if not self._connected:
@@ -400,6 +460,50 @@ class Collector:
             log.warning("refused %s: %s", handled.topic, handled.reason)
         if handled.wants_receipt and handled.station is not None:
             self._dirty.add(handled.station)
+            if handled.seq is not None and (
+                handled.watermark is None or handled.seq > handled.watermark
+            ):
+                self._gappy.setdefault(handled.station, time.monotonic())
+
+    def _chase_gaps(self) -> None:
+        """Stations whose seqs have had a hole for ``gap_grace_s`` are asked to ``resync``
+        (republish everything not receipted) by a command signed with the maintenance key;
+        without a key the station's own resend (a few heartbeats later) fills the hole."""
+        now = time.monotonic()
+        for station, since in list(self._gappy.items()):
+            if now - since < self._gap_grace:
+                continue
+            try:
+                gaps = self.intake.registry.gaps(station)
+            except Exception:
+                log.exception("cannot read the gaps of %s", station)
+                continue
+            if not gaps:
+                del self._gappy[station]
+                continue
+            self._gappy[station] = now  # look again after another grace period
+            last = self._last_resync.get(station, float("-inf"))
+            if self._resync_signer is None or not self._connected:
+                continue
+            if now - last < self._resync_every:
+                continue
+            log.info("%s: seqs missing %s, asking for a resync", station, gaps)
+            if self._send_resync(station):
+                self._last_resync[station] = now
+                with self._lock:
+                    self._stats.resyncs += 1
+
+    def _send_resync(self, station: str) -> bool:
+        assert self._resync_signer is not None
+        issued = self._now()
+        body = resync_body(self.province, station, issued, RESYNC_VALID_S)
+        try:
+            envelope = sign_body(body, [self._resync_signer])
+        except Exception:
+            log.exception("cannot sign a resync for %s", station)
+            return False
+        info = self._client.publish(f"loa/v1/{station}/cmd", envelope, qos=1)
+        return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def _send_receipts(self, force: bool = False) -> None:
         if not self._connected:

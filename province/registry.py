@@ -57,6 +57,10 @@ CREATE TABLE IF NOT EXISTS state_log (
     id INTEGER PRIMARY KEY AUTOINCREMENT, station TEXT NOT NULL, online INTEGER NOT NULL,
     body BLOB NOT NULL, received_at TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS state_log_station ON state_log (station, received_at);
+CREATE TABLE IF NOT EXISTS lost (
+    station TEXT NOT NULL, kind TEXT NOT NULL, first_seq INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL, reported_at TEXT NOT NULL,
+    PRIMARY KEY (station, kind, first_seq));
 """
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
@@ -393,20 +397,73 @@ class Registry:
     def _advance_watermark(self, station: str, kind: str, seq: int, upto: int) -> int:
         """The new watermark after storing ``seq`` (-1: none yet), in the caller's transaction."""
         if seq != upto + 1:
-            return upto  # a gap stays open until its report arrives
-        # The new report may close a gap: walk on through the reports already stored above it.
+            return upto  # a gap stays open until its report arrives (or is reported lost)
+        return self._walk_watermark(station, kind, seq)
+
+    def _walk_watermark(self, station: str, kind: str, upto: int) -> int:
+        """From ``upto`` on through every seq that is stored or known lost; saved and returned."""
         rows = self.store.rows(
-            "SELECT seq FROM report WHERE station = ? AND kind = ? AND seq > ? ORDER BY seq",
-            (station, kind, upto),
+            "SELECT seq, seq FROM report WHERE station = ? AND kind = ? AND seq > ? "
+            "UNION ALL SELECT first_seq, last_seq FROM lost "
+            "WHERE station = ? AND kind = ? AND last_seq > ? ORDER BY 1",
+            (station, kind, upto, station, kind, upto),
         )
-        for (stored_seq,) in rows:
-            if stored_seq != upto + 1:
+        for first, last in rows:
+            if first > upto + 1:
                 break
-            upto = stored_seq
+            upto = max(upto, int(last))
         self.store.write(
             "UPDATE watermark SET upto = ? WHERE station = ? AND kind = ?", (upto, station, kind)
         )
         return upto
+
+    def record_lost(
+        self, station: str, kind: str, first_seq: int, last_seq: int, reported_at: str
+    ) -> int | None:
+        """A station's word that it dropped ``first_seq..last_seq`` of ``kind`` unsent (its
+        outbox was over its cap): those seqs will never come, so the watermark may pass them
+        (the station keeps everything above it until receipted). Returns the new watermark."""
+        if not 0 <= first_seq <= last_seq:
+            raise RegistryError(f"bad lost range {first_seq}..{last_seq}")
+        store = self.store
+        with store.transaction():
+            store.write(
+                "INSERT INTO watermark VALUES (?, ?, -1) ON CONFLICT (station, kind) DO NOTHING",
+                (station, kind),
+            )
+            locked = self._one(
+                "SELECT upto FROM watermark WHERE station = ? AND kind = ?" + store.for_update,
+                (station, kind),
+            )
+            assert locked is not None
+            store.write(
+                "INSERT INTO lost VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (station, kind, first_seq) DO NOTHING",
+                (station, kind, first_seq, last_seq, reported_at),
+            )
+            upto = int(locked[0])
+            if first_seq <= upto + 1:
+                upto = self._walk_watermark(station, kind, upto)
+        return None if upto < 0 else upto
+
+    def lost_ranges(self, station: str) -> list[tuple[str, int, int]]:
+        """(kind, first_seq, last_seq) the station said it dropped, in order."""
+        rows = self.store.rows(
+            "SELECT kind, first_seq, last_seq FROM lost WHERE station = ? ORDER BY kind, first_seq",
+            (station,),
+        )
+        return [(kind, int(first), int(last)) for kind, first, last in rows]
+
+    def gaps(self, station: str) -> dict[str, tuple[int, int]]:
+        """Per kind with a hole: (the watermark, the highest seq stored above it). A station
+        resends what is not receipted by itself only after a while; a collector may ask sooner."""
+        rows = self.store.rows(
+            "SELECT w.kind, w.upto, MAX(r.seq) FROM watermark w JOIN report r "
+            "ON r.station = w.station AND r.kind = w.kind AND r.seq > w.upto + 1 "
+            "WHERE w.station = ? GROUP BY w.kind, w.upto ORDER BY w.kind",
+            (station,),
+        )
+        return {kind: (int(upto), int(high)) for kind, upto, high in rows}
 
     def watermarks(self, station: str) -> dict[str, int]:
         """Highest contiguous seq stored per kind; kinds without seq 0 yet are absent."""

@@ -106,6 +106,25 @@ def test_the_watermark_waits_at_a_gap_and_jumps_when_it_closes(registry: Registr
     assert [r.seq for r in registry.reports("heartbeat", [ONE.path])] == [0, 1, 2, 3, 4, 6]
 
 
+def test_a_reported_loss_fills_its_range_for_the_watermark_and_gaps_name_the_rest(
+    registry: Registry,
+) -> None:
+    store(registry, 0)
+    store(registry, 7)
+    assert registry.gaps(ONE.path) == {"heartbeat": (0, 7)}
+    # A loss above the watermark waits like a report would; the one below it walks through.
+    assert registry.record_lost(ONE.path, "heartbeat", 4, 6, at(8)) == 0
+    assert registry.record_lost(ONE.path, "heartbeat", 1, 3, at(9)) == 7
+    assert registry.record_lost(ONE.path, "heartbeat", 1, 3, at(10)) == 7  # said twice: once
+    assert registry.gaps(ONE.path) == {}
+    assert store(registry, 8).watermark == 8
+    assert registry.lost_ranges(ONE.path) == [("heartbeat", 1, 3), ("heartbeat", 4, 6)]
+    # A loss starting at seq 0 sets a first watermark for a kind that had none.
+    assert registry.record_lost(TWO.path, "event", 0, 2, at(11)) == 2
+    with pytest.raises(RegistryError):
+        registry.record_lost(ONE.path, "event", 5, 4, at(12))
+
+
 def test_a_failed_store_leaves_neither_report_nor_watermark(registry: Registry) -> None:
     # body NOT NULL fails the report's insert after the watermark row was written: both go.
     with pytest.raises(registry.store.integrity_errors):
