@@ -23,11 +23,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from agent.core.timefmt import parse_rfc3339
 from agent.link import LinkError, TlsFiles, parse_broker_url
 from hal.files import atomic_write
-from province.collector import Collector
+from province.collector import SHARE_GROUP, Collector
 from province.coverage import DEFAULT_TZ, build_report
 from province.coverage_render import render_csv, render_html, render_text
 from province.errors import ProvinceError
+from province.operators import ensure_identity, identity_cn, identity_files
 from province.registry import Registry, open_registry
+from province.signer import open_signer
 
 HOME_ENV = "LOA_PROVINCE_HOME"
 STORE_ENV = "LOA_PROVINCE_STORE"  # a postgresql:// URL: the registry there, not HOME/registry.db
@@ -48,6 +50,24 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     collect.add_argument("--broker", required=True, help="mqtts://host:port")
     collect.add_argument(
         "--duration", type=float, metavar="S", help="stop after S seconds (default: SIGINT/TERM)"
+    )
+    collect.add_argument(
+        "--identity",
+        metavar="NAME",
+        help="connect as HOME/operator/NAME.crt (CN province-PP.NAME, issued on first use; "
+        "regenerate the ACL after): each collector beside the first needs its own",
+    )
+    collect.add_argument(
+        "--share-group",
+        default=SHARE_GROUP,
+        help=f"MQTT shared subscription group of the collectors (default {SHARE_GROUP}); "
+        "'' for a plain subscription",
+    )
+    collect.add_argument(
+        "--resync-key",
+        metavar="KEY",
+        help="maintenance key (file or signer spec): stations whose reports have a lasting "
+        "hole are asked to resync",
     )
     collect.set_defaults(handler=cmd_collect)
 
@@ -93,19 +113,27 @@ def cmd_collect(args: argparse.Namespace) -> int:
         raise ProvinceError(str(exc)) from exc
     if args.duration is not None and args.duration <= 0:
         raise ProvinceError(f"--duration must be positive, got {args.duration}")
-    tls = TlsFiles(
-        ca=home / "ca" / "ca.crt",
-        cert=home / "operator" / "operator.crt",
-        key=home / "operator" / "operator.key",
-    )
-    for path in (tls.ca, tls.cert, tls.key):
-        if not path.is_file():
-            raise ProvinceError(f"{path} is missing: the collector connects as the operator")
+    signer = open_signer(args.resync_key) if args.resync_key else None
     with _open_registry(home) as registry:
         province = registry.meta("province")
         if province is None:
             raise ProvinceError(f"{home / 'registry.db'} names no province (run `ca init`)")
-        collector = Collector(registry, host, port, tls, province)
+        if args.identity is not None and ensure_identity(home, province, args.identity):
+            print(
+                f"issued the identity {identity_cn(province, args.identity)}: run "
+                "`loa-province acl` and reload the broker to let it in"
+            )
+        cert, key = identity_files(home, args.identity)
+        tls = TlsFiles(ca=home / "ca" / "ca.crt", cert=cert, key=key)
+        for path in (tls.ca, tls.cert, tls.key):
+            if not path.is_file():
+                raise ProvinceError(f"{path} is missing: the collector connects as the operator")
+        collector = Collector(
+            registry, host, port, tls, province,
+            client_id=identity_cn(province, args.identity),
+            share_group=args.share_group or None,
+            resync_signer=signer,
+        )  # fmt: skip
         with _stop_on_signals() as stop:
             collector.start()
             try:
