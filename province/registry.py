@@ -359,20 +359,7 @@ class Registry:
         """
         store = self.store
         with store.transaction():
-            # First lock this (station, kind)'s watermark row, creating it if need be: writers
-            # of one stream then take turns, and each one's walk below sees every report the
-            # ones before it stored. Without the lock, two collectors storing seqs 1 and 2 at
-            # once could each miss the other's and leave the watermark at 0 for good.
-            store.write(
-                "INSERT INTO watermark VALUES (?, ?, -1) ON CONFLICT (station, kind) DO NOTHING",
-                (station, kind),
-            )
-            locked = self._one(
-                "SELECT upto FROM watermark WHERE station = ? AND kind = ?" + store.for_update,
-                (station, kind),
-            )
-            assert locked is not None  # inserted above, and watermark rows are never deleted
-            current = int(locked[0])
+            current = self._lock_watermark(station, kind)
             stored = (
                 store.write(
                     "INSERT INTO report VALUES (?, ?, ?, ?, ?, ?, ?) "
@@ -393,6 +380,22 @@ class Registry:
                 assert row is not None  # the insert above found it
                 conflict = bytes(row[0]) != body
         return StoreResult(stored, conflict, None if upto < 0 else upto)
+
+    def _lock_watermark(self, station: str, kind: str) -> int:
+        """Lock this (station, kind)'s watermark row, creating it if need be, and return it; in
+        the caller's transaction. Writers of one stream then take turns, and each one's walk
+        sees every report the ones before it stored: without the lock, two collectors storing
+        seqs 1 and 2 at once could each miss the other's and leave the watermark at 0 for good."""
+        self.store.write(
+            "INSERT INTO watermark VALUES (?, ?, -1) ON CONFLICT (station, kind) DO NOTHING",
+            (station, kind),
+        )
+        locked = self._one(
+            "SELECT upto FROM watermark WHERE station = ? AND kind = ?" + self.store.for_update,
+            (station, kind),
+        )
+        assert locked is not None  # inserted above, and watermark rows are never deleted
+        return int(locked[0])
 
     def _advance_watermark(self, station: str, kind: str, seq: int, upto: int) -> int:
         """The new watermark after storing ``seq`` (-1: none yet), in the caller's transaction."""
@@ -427,21 +430,12 @@ class Registry:
             raise RegistryError(f"bad lost range {first_seq}..{last_seq}")
         store = self.store
         with store.transaction():
-            store.write(
-                "INSERT INTO watermark VALUES (?, ?, -1) ON CONFLICT (station, kind) DO NOTHING",
-                (station, kind),
-            )
-            locked = self._one(
-                "SELECT upto FROM watermark WHERE station = ? AND kind = ?" + store.for_update,
-                (station, kind),
-            )
-            assert locked is not None
+            upto = self._lock_watermark(station, kind)
             store.write(
                 "INSERT INTO lost VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (station, kind, first_seq) DO NOTHING",
                 (station, kind, first_seq, last_seq, reported_at),
             )
-            upto = int(locked[0])
             if first_seq <= upto + 1:
                 upto = self._walk_watermark(station, kind, upto)
         return None if upto < 0 else upto
