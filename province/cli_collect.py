@@ -27,8 +27,9 @@ from province.collector import SHARE_GROUP, Collector
 from province.coverage import DEFAULT_TZ, build_report
 from province.coverage_render import render_csv, render_html, render_text
 from province.errors import ProvinceError
+from province.home import open_home_registry, registry_province
 from province.operators import ensure_identity, identity_cn, identity_files
-from province.registry import Registry, open_registry
+from province.registry import Registry
 from province.signer import open_signer
 
 HOME_ENV = "LOA_PROVINCE_HOME"
@@ -95,14 +96,9 @@ def _home(args: argparse.Namespace) -> Path:
 
 
 def _open_registry(home: Path) -> Registry:
-    store = os.environ.get(STORE_ENV)
-    if store:  # a province on PostgreSQL: its registry is not a file in the home
-        return open_registry(store)
-    path = home / "registry.db"
-    if not path.exists():
-        # Opening would create an empty registry and report nothing, which looks like success.
-        raise ProvinceError(f"no registry at {path}: is --home (or ${HOME_ENV}) right?")
-    return Registry(path)
+    # Every province command opens the registry the same way (province.home): the collector
+    # must read the store enrollment wrote.
+    return open_home_registry(home)
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
@@ -115,9 +111,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
         raise ProvinceError(f"--duration must be positive, got {args.duration}")
     signer = open_signer(args.resync_key) if args.resync_key else None
     with _open_registry(home) as registry:
-        province = registry.meta("province")
-        if province is None:
-            raise ProvinceError(f"{home / 'registry.db'} names no province (run `ca init`)")
+        province = registry_province(registry)
         if args.identity is not None and ensure_identity(home, province, args.identity):
             print(
                 f"issued the identity {identity_cn(province, args.identity)}: run "

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 
+from province.home import default_home as default_home  # re-exported: cli reads it here
+from province.home import open_home_registry, registry_province
 from province.publish import publish
-from province.registry import Registry
-
-
-def default_home() -> Path:
-    return Path(os.environ.get("LOA_PROVINCE_HOME", "province-home"))
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -25,7 +21,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     envelopes = [path.read_bytes() for path in args.envelopes]
-    with Registry(args.home / "registry.db") as registry:
+    with open_home_registry(args.home) as registry:
+        registry_province(registry)  # refused in words before anything is sent
         sent = publish(registry, args.home, args.broker, envelopes, datetime.now(UTC))
     for outgoing in sent:
         how = "retained" if outgoing.retain else f"expires in {outgoing.expiry_s} s"

@@ -32,6 +32,7 @@ from province import cli_collect, enrollment
 from province.coverage import clean_text
 from province.coverage_render import align_table
 from province.errors import ProvinceError
+from province.home import default_home, open_home_registry
 from province.registry import Registry, StoredReport
 
 # Hardware faults that stand until their pair says the input is back.
@@ -89,19 +90,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.set_defaults(handler=cmd_stations)
 
 
-def _open(args: argparse.Namespace) -> Registry:
-    home: Path = args.home or cli_collect.default_home()
-    try:
-        return cli_collect._open_registry(home)
-    except ProvinceError as exc:
-        raise ProvinceError(f"{exc} (a province starts with `loa-province ca init`)") from exc
-
-
 def cmd_stations(args: argparse.Namespace) -> int:
     if args.recent <= 0:
         raise ProvinceError(f"--recent must be positive, got {args.recent:g}")
     now = datetime.now(UTC)
-    with _open(args) as registry:
+    with open_home_registry(args.home or default_home()) as registry:
         stations = live_state(registry, now, timedelta(hours=args.recent))
     if args.json:
         doc = [{**asdict(s), "outbox_total": s.outbox_total} for s in stations]

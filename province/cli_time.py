@@ -19,10 +19,9 @@ from types import FrameType
 
 from agent.core.timefmt import format_rfc3339
 from province import signing_log
-from province.cli_publish import default_home
 from province.errors import ProvinceError
+from province.home import default_home, open_home_registry, registry_province
 from province.publish import Publisher, operator_tls, route
-from province.registry import Registry
 from province.signer import open_signer
 from province.signing import canonical_json, sign_body, signed_record
 
@@ -45,10 +44,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.every < 1:
         raise ProvinceError("--every must be at least 1 second")
-    with Registry(args.home / "registry.db") as registry:
-        province = registry.meta("province")
-    if province is None:
-        raise ProvinceError(f"{args.home} has no province: run `loa-province ca init` first")
+    with open_home_registry(args.home) as registry:
+        province = registry_province(registry)
     signer = open_signer(args.key)
     stop = threading.Event()
 

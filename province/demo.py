@@ -19,7 +19,6 @@ import os
 import shlex
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -34,7 +33,9 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from province import pki
+from province.home import REGISTRY_FILE, STORE_ENV
 from province.mosquitto import BrokerFiles, Mosquitto, find_mosquitto
+from province.registry import Registry
 
 BIN = Path(sys.executable).parent
 HANOI = ZoneInfo("Asia/Ho_Chi_Minh")
@@ -64,6 +65,9 @@ class Demo:
         self.keys = self.out / "province" / "keys"
         self.logs = self.out / "logs"
         self.started = time.monotonic()
+        # The demo builds its own province, registry in SQLite in its home; a LOA_PROVINCE_STORE
+        # left in the caller's shell would send its tools to a real PostgreSQL province.
+        self.env = {k: v for k, v in os.environ.items() if k != STORE_ENV}
 
     # steps -------------------------------------------------------------------------------------
 
@@ -92,16 +96,14 @@ class Demo:
             window_from = datetime.now(UTC).replace(microsecond=0)
             for station in self.stations:
                 stack.enter_context(self.station_process(station))
-            hello = "SELECT COUNT(DISTINCT station) FROM report WHERE kind = 'heartbeat'"
             everyone = len(self.stations)
-            self.wait_for(lambda: self.count(hello) >= everyone, "every station to say hello", 30)
+            self.wait_for(lambda: self.said_hello() >= everyone, "every station to say hello", 30)
             self.step("5/7", "playlists signed and published")
             ends = self.publish_playlists(broker.url, media_url, first_slot_in_s)
             self.step("6/7", "on air: waiting for every station's as-run record")
             expected = everyone + sum(1 for s in self.stations if "/08231/" in s)
-            played = "SELECT COUNT(*) FROM report WHERE kind = 'asrun'"
             self.wait_for(
-                lambda: self.count(played) >= expected,
+                lambda: len(self.asruns()) >= expected,
                 f"{expected} as-run records",
                 first_slot_in_s + 45,
             )
@@ -215,7 +217,7 @@ class Demo:
         self.logs.mkdir(parents=True, exist_ok=True)
         log_path = self.logs / f"{name}.log"
         argv = [str(BIN / str(command[0])), *map(str, command[1:])]
-        env = env or dict(os.environ, PYTHONUNBUFFERED="1")
+        env = env or dict(self.env, PYTHONUNBUFFERED="1")
         with log_path.open("ab") as log:
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
                                     start_new_session=True)  # fmt: skip
@@ -232,7 +234,7 @@ class Demo:
                     proc.wait(5)
 
     def station_process(self, station: str) -> contextmanager[None]:  # type: ignore[valid-type]
-        env = dict(os.environ, LOA_HAL="sim", LOA_CLOCK_TRUST="system", PYTHONUNBUFFERED="1")
+        env = dict(self.env, LOA_HAL="sim", LOA_CLOCK_TRUST="system", PYTHONUNBUFFERED="1")
         config = self.station_dir(station) / "station.toml"
         return self.process(
             station.replace("/", "_"), "loa-agent", "run", "--config", config, env=env
@@ -274,7 +276,9 @@ class Demo:
         shown = " ".join(shlex.quote(self._short(a)) for a in [str(command[0]), *argv[1:]])
         if not quiet:
             self.say(f"  $ {shown}")
-        done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120)
+        done = subprocess.run(
+            argv, capture_output=True, text=True, check=False, timeout=120, env=self.env
+        )
         if done.returncode != 0:
             raise DemoError(f"`{shown}` failed ({done.returncode}):\n{done.stderr}{done.stdout}")
         return done.stdout
@@ -286,25 +290,20 @@ class Demo:
         path = self.logs / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def count(self, sql: str) -> int:
-        path = self.home / "registry.db"
-        if not path.exists():
-            return 0
-        db = sqlite3.connect(path, timeout=10)
-        try:
-            return int(db.execute(sql).fetchone()[0])
-        except sqlite3.OperationalError:
-            return 0  # the collector has not created its tables yet
-        finally:
-            db.close()
+    def registry(self) -> Registry:
+        # The demo's own SQLite registry, whatever the caller's LOA_PROVINCE_STORE says (its
+        # tools run without it: self.env).
+        return Registry(self.home / REGISTRY_FILE)
+
+    def said_hello(self) -> int:
+        """How many of the demo's stations have a heartbeat stored."""
+        with self.registry() as registry:
+            return sum(registry.last_report(s, "heartbeat") is not None for s in self.stations)
 
     def asruns(self) -> list[dict[str, object]]:
-        db = sqlite3.connect(self.home / "registry.db", timeout=10)
-        try:
-            rows = db.execute("SELECT body FROM report WHERE kind = 'asrun' ORDER BY station, seq")
-            return [json.loads(body) for (body,) in rows]
-        finally:
-            db.close()
+        """The as-run records stored, by station then seq."""
+        with self.registry() as registry:
+            return [json.loads(report.body) for report in registry.reports("asrun")]
 
     def wait_for(self, done: Callable[[], bool], what: str, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

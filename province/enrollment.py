@@ -29,27 +29,22 @@ from agent.core.targets import StationId
 from hal.files import atomic_write
 from province import acl, pki
 from province.errors import ProvinceError
-from province.registry import Registry, RegistryError, StationRecord
+from province.home import HOME_ENV as HOME_ENV  # re-exported: cli_enroll reads them here
+from province.home import default_home as default_home
+from province.home import open_home_registry, registry_province
+from province.registry import RegistryError, StationRecord
 
-HOME_ENV = "LOA_PROVINCE_HOME"
 DEFAULT_STATION_DAYS = 825  # the longest leaf lifetime TLS stacks commonly still accept
 DEFAULT_CA_DAYS = 3650
 _PROVINCE = re.compile(r"[0-9]{2}")
 
 
-def default_home() -> Path:
-    return Path(os.environ.get(HOME_ENV) or "province-home")
-
-
 @dataclass(frozen=True, slots=True)
 class ProvinceHome:
-    """Where the province's files live; nothing is created by naming them."""
+    """Where the province's files live; nothing is created by naming them. The registry is
+    opened through ``province.home`` (it may live in PostgreSQL instead)."""
 
     root: Path
-
-    @property
-    def registry(self) -> Path:
-        return self.root / "registry.db"
 
     @property
     def ca_cert(self) -> Path:
@@ -117,10 +112,10 @@ def init_ca(home: ProvinceHome, province: str, days: int = DEFAULT_CA_DAYS) -> C
         raise ProvinceError(
             f"{existing[0]} exists: this province home already has its CA (refusing to replace it)"
         )
-    with Registry(home.registry) as registry:
+    with open_home_registry(home.root, must_exist=False) as registry:
         recorded = registry.meta("province")
         if recorded is not None and recorded != province:
-            raise ProvinceError(f"{home.registry} belongs to province {recorded}, not {province}")
+            raise ProvinceError(f"{registry.path} belongs to province {recorded}, not {province}")
         for directory in (home.ca_key.parent, home.operator_key.parent):
             directory.mkdir(parents=True, exist_ok=True)
             os.chmod(directory, 0o700)
@@ -216,8 +211,8 @@ def enroll(
     if days < 1:
         raise ProvinceError(f"--days must be at least 1, got {days}")
     ca_cert, ca_key = _load_ca(home)
-    with _open_registry(home) as registry:
-        province = _province(registry)
+    with open_home_registry(home.root) as registry:
+        province = registry_province(registry)
         csr = _load_csr(csr_pem)
         station = _station_of(csr, province)
         _check_signing_key(signing_public)
@@ -254,36 +249,18 @@ def enroll(
 
 def registry_acl(home: ProvinceHome) -> str:
     """The broker ACL for the registry's active stations and the province's operator."""
-    with _open_registry(home) as registry:
-        province = _province(registry)
+    with open_home_registry(home.root) as registry:
+        province = registry_province(registry)
         stations = [s.id.path for s in registry.stations()]
     return acl.render_acl(stations, [(operator_cn(province), province)])
 
 
 def list_stations(home: ProvinceHome) -> list[StationRecord]:
-    with _open_registry(home) as registry:
+    with open_home_registry(home.root) as registry:
         return registry.stations()
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-def _open_registry(home: ProvinceHome) -> Registry:
-    # Opening a Registry creates the database; only `ca init` may bring a province home into
-    # being, so a mistyped --home is reported instead of silently starting an empty one.
-    if not home.registry.exists():
-        raise ProvinceError(
-            f"no province registry at {home.registry}: run `loa-province ca init` first "
-            f"(or give --home / ${HOME_ENV})"
-        )
-    return Registry(home.registry)
-
-
-def _province(registry: Registry) -> str:
-    province = registry.meta("province")
-    if province is None:
-        raise ProvinceError(f"{registry.path} records no province: run `loa-province ca init`")
-    return province
 
 
 def _load_ca(home: ProvinceHome) -> tuple[bytes, bytes]:
