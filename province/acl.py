@@ -29,6 +29,9 @@ _HEADER = (
 )
 
 
+REPORT_KINDS = ("asrun", "event", "heartbeat")  # PROTOCOL.md section 7
+
+
 def parse_station_id(station_id: str) -> tuple[str, str, str]:
     """(province, commune, station) of a station id `PP/CCCCC/station`; ValueError if bad."""
     match = _STATION_ID.fullmatch(station_id)
@@ -45,7 +48,9 @@ def station_rules(station_id: str) -> list[str]:
     province, its commune and itself (PROTOCOL.md section 2)."""
     p, c, s = parse_station_id(station_id)
     own = f"loa/v1/{p}/{c}/{s}"
-    writes = [f"{own}/state", f"{own}/telemetry/#"]
+    # The three report kinds by name, not telemetry/#: a wildcard let a station retain any
+    # number of 3 MB messages under topics of its choosing and fill the broker's memory.
+    writes = [f"{own}/state", *(f"{own}/telemetry/{kind}" for kind in REPORT_KINDS)]
     reads = [
         f"loa/v1/{p}/playlist/+",
         f"loa/v1/{p}/{c}/playlist/+",

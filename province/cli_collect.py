@@ -23,12 +23,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from agent.core.timefmt import parse_rfc3339
 from agent.link import LinkError, TlsFiles, parse_broker_url
 from hal.files import atomic_write
-from province.collector import SHARE_GROUP, Collector
+from province.collector import Collector
 from province.coverage import DEFAULT_TZ, build_report
 from province.coverage_render import render_csv, render_html, render_text
 from province.errors import ProvinceError
 from province.home import open_home_registry, registry_province
-from province.operators import ensure_identity, identity_cn, identity_files
+from province.operators import ensure_identity, identity_cn, identity_files, share_group
 from province.registry import Registry
 from province.signer import open_signer
 
@@ -60,9 +60,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     collect.add_argument(
         "--share-group",
-        default=SHARE_GROUP,
-        help=f"MQTT shared subscription group of the collectors (default {SHARE_GROUP}); "
-        "'' for a plain subscription",
+        help="MQTT shared subscription group of the collectors (default: the province's secret "
+        "name in HOME/operator/share-group, made on first use); '' for a plain subscription",
     )
     collect.add_argument(
         "--resync-key",
@@ -125,7 +124,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
         collector = Collector(
             registry, host, port, tls, province,
             client_id=identity_cn(province, args.identity),
-            share_group=args.share_group or None,
+            share_group=share_group(home) if args.share_group is None else args.share_group or None,
             resync_signer=signer,
         )  # fmt: skip
         with _stop_on_signals() as stop:

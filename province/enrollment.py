@@ -27,7 +27,7 @@ from agent import keyfiles
 from agent.core.dsse import keyid_of
 from agent.core.targets import StationId
 from hal.files import atomic_write
-from province import acl, pki
+from province import acl, operators, pki
 from province.errors import ProvinceError
 from province.home import HOME_ENV as HOME_ENV  # re-exported: cli_enroll reads them here
 from province.home import default_home as default_home
@@ -252,7 +252,8 @@ def registry_acl(home: ProvinceHome) -> str:
     with open_home_registry(home.root) as registry:
         province = registry_province(registry)
         stations = [s.id.path for s in registry.stations()]
-    return acl.render_acl(stations, [(operator_cn(province), province)])
+    # Every identity in HOME/operator (collectors beside the first, the time beacon...).
+    return acl.render_acl(stations, operators.operator_cns(home.root, province))
 
 
 def list_stations(home: ProvinceHome) -> list[StationRecord]:

@@ -10,6 +10,7 @@ first use. Every identity in ``HOME/operator`` gets the operator's lines in the 
 from __future__ import annotations
 
 import re
+import secrets
 from pathlib import Path
 
 from cryptography import x509
@@ -75,3 +76,23 @@ def operator_cns(home: Path, province: str) -> list[tuple[str, str]]:
             if cn == identity_cn(province, None) or cn.startswith(f"province-{province}."):
                 found.add(cn)
     return [(cn, province) for cn in sorted(found)]
+
+
+def share_group(home: Path) -> str:
+    """The collectors' shared-subscription group name: random per province, kept in
+    ``HOME/operator/share-group`` (made on first use).
+
+    mosquitto lets any client it admits join any share group, deals it its round-robin share of
+    the reports, and drops the ones its ACL does not let it read, instead of giving them to a
+    collector: a station (or a revoked one, until the broker has a CRL) that guessed the group
+    would delay reports (they are resent until receipted) and burn the stations' data plans. A
+    name nobody outside the province's server knows keeps them out."""
+    path = home / "operator" / "share-group"
+    if path.is_file():
+        name = path.read_text(encoding="ascii").strip()
+        if re.fullmatch(r"[A-Za-z0-9_-]{8,64}", name):
+            return name
+        raise ProvinceError(f"{path} does not hold a share group name (8-64 of A-Z a-z 0-9 _ -)")
+    name = f"loa-{secrets.token_hex(16)}"
+    atomic_write(path, (name + "\n").encode(), mode=0o600)
+    return name

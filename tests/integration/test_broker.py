@@ -39,6 +39,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from province import acl, pki
 from province.collector import SHARE_GROUP
 from province.mosquitto import ENVELOPE_CAP, MAX_PACKET_SIZE, find_mosquitto
+from province.operators import share_group
 from tests.harness.broker import (
     DEFAULT_OPERATORS,
     DEFAULT_STATIONS,
@@ -377,36 +378,49 @@ def test_subscriptions_never_deliver_what_the_acl_denies(
     assert sorted(set(with_payload(control, b"secret"))) == sorted(t for t, _ in covered)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ACL hole: mosquitto 2.0 grants any client a place in the collectors' shared "
-    "subscription, hands it its round-robin share of the reports, and drops those the ACL "
-    "does not let it read instead of giving them to a collector",
-)
-@pytest.mark.parametrize(
-    "spy",
-    [
-        STATION,
-        OTHER_OPERATOR,
-        # Not in the ACL at all, like a revoked station: its certificate still verifies (the
-        # broker has no revocation list), so it connects.
-        "25/08230/08230-09",
-    ],
-)
-def test_a_stranger_in_the_collectors_share_group_takes_no_reports(
-    client: Connect, spy: str
-) -> None:
-    shared = f"$share/{SHARE_GROUP}/loa/v1/25/+/+/telemetry/#"
-    collector = watch(client, OPERATOR, shared)
-    client(spy).subscribe(shared)
+STRANGERS = [
+    STATION,
+    OTHER_OPERATOR,
+    # Not in the ACL at all, like a revoked station: its certificate still verifies (the
+    # broker has no revocation list), so it connects.
+    "25/08230/08230-09",
+]
+
+
+def _share_round(client: Connect, spy: str, collector_group: str, spy_group: str) -> None:
+    collector = watch(client, OPERATOR, f"$share/{collector_group}/loa/v1/25/+/+/telemetry/#")
+    client(spy).subscribe(f"$share/{spy_group}/loa/v1/25/+/+/telemetry/#")
     topic = f"loa/v1/{NEIGHBOUR}/telemetry/heartbeat"
-    sent = [f"beat-{n}".encode() for n in range(10)]
+    sent = [f"beat-{uuid.uuid4().hex[:8]}-{n}".encode() for n in range(10)]
     for payload in sent:
         assert client(NEIGHBOUR).publish(topic, payload).value == 0
     settle(client, OPERATOR)
-    # What the spy was dealt it did not get (the ACL held); the collector did not get it either.
+    # What the spy was dealt it did not get (the ACL held); the collector must get everything.
     assert [m.topic for m in list(client(spy).messages) if m.payload in sent] == []
     assert [m.payload for m in list(collector.messages) if m.topic == topic] == sent
+
+
+@pytest.mark.parametrize("spy", STRANGERS)
+def test_a_stranger_cannot_find_the_collectors_secret_share_group(
+    client: Connect, spy: str, tmp_path: Path
+) -> None:
+    """The collectors' group is a random per-province name (province.operators.share_group):
+    a stranger trying the library's default name joins a group of its own."""
+    _share_round(client, spy, share_group(tmp_path), SHARE_GROUP)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="mosquitto 2.0 lets any client it admits join a share group it names, deals it its "
+    "round-robin share and drops what the ACL does not let it read; the group name's secrecy "
+    "is the defence (a stranger who learns it delays reports until resent)",
+)
+@pytest.mark.parametrize("spy", STRANGERS)
+def test_a_stranger_who_knows_the_share_group_takes_reports(
+    client: Connect, spy: str, tmp_path: Path
+) -> None:
+    group = share_group(tmp_path)
+    _share_round(client, spy, group, group)
 
 
 # -- what may be written, and by whom ----------------------------------------------------------

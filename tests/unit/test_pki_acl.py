@@ -115,7 +115,9 @@ topic readwrite loa/v1/25/#
 
 user 25/08230/08230-01
 topic write loa/v1/25/08230/08230-01/state
-topic write loa/v1/25/08230/08230-01/telemetry/#
+topic write loa/v1/25/08230/08230-01/telemetry/asrun
+topic write loa/v1/25/08230/08230-01/telemetry/event
+topic write loa/v1/25/08230/08230-01/telemetry/heartbeat
 topic read loa/v1/25/playlist/+
 topic read loa/v1/25/08230/playlist/+
 topic read loa/v1/25/08230/08230-01/playlist/+
