@@ -130,6 +130,17 @@ class ScheduleConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class EmergencyConfig:
+    """PROTOCOL.md section 6: what a command leaves unsaid about an emergency."""
+
+    volume: int = 100  # when the command gives none
+    repeat: int = 3  # as J-Alert stations do
+    gap_s: float = 5.0  # between repetitions
+    chime: bool = True  # the attention chime around each repetition
+    sound_tests: bool = False  # CAP status Test/Exercise sounds only when set
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     station: StationId
     paths: Paths
@@ -145,6 +156,7 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     inputs: InputsConfig = field(default_factory=InputsConfig)
     capture: CaptureConfig = field(default_factory=CaptureConfig)
+    emergency: EmergencyConfig = field(default_factory=EmergencyConfig)
     sim: bool = False  # LOA_HAL=sim: gpiozero MockFactory, audio to a WAV file by default
 
 
@@ -325,7 +337,18 @@ def load_config(text: str, env: Mapping[str, str], base_dir: Path) -> Config:
         schedule=schedule,
         inputs=inputs,
         capture=capture,
+        emergency=_emergency(_table(doc, "emergency")),
         sim=sim,
+    )
+
+
+def _emergency(table: Mapping[str, Any]) -> EmergencyConfig:
+    return EmergencyConfig(
+        volume=int(_number(table, "volume", 100, "emergency", 0, 100)),
+        repeat=int(_number(table, "repeat", 3, "emergency", 1, 10)),
+        gap_s=_number(table, "gap_s", 5.0, "emergency", 0, 600),
+        chime=_typed(table, "chime", bool, True, "emergency"),
+        sound_tests=_typed(table, "sound_tests", bool, False, "emergency"),
     )
 
 

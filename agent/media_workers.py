@@ -131,6 +131,12 @@ class MediaWorkers:
                 self.loudness.discard(sha)
         return evicted
 
+    def fetch_now(self, media: MediaRef) -> None:
+        """An emergency's clip: ahead of every queued download, whatever the backoff says
+        (a fetch that failed a minute ago may work now, and nothing is more urgent)."""
+        self._retry_at.pop(media.sha256, None)
+        self.fetch_missing([(-1.0, media)])
+
     def fetched(self, done: MediaDone) -> None:
         """The runtime's bookkeeping for a fetch result."""
         sha = done.media.sha256

@@ -117,6 +117,9 @@ class Player:
         self._amp_on = False
         self._amp_timer: threading.Timer | None = None
         self.current: PlayRequest | None = None
+        # Told (key, item index) when an item's first sample goes out: an emergency reports
+        # each repetition as it sounds. Called on the playback thread: enqueue only.
+        self.on_item: Callable[[str, int], None] | None = None
 
     @property
     def busy(self) -> bool:
@@ -260,6 +263,7 @@ class Player:
                     primed = None
                     with source:
                         pieces = self._with_chimes(request, item, _chain(first, chunks))
+                        announced = False
                         if started_at is None:
                             if self._wait_until(cut, warm_until):
                                 break
@@ -282,6 +286,10 @@ class Player:
                                     probing = True
                             watch.arm()
                             sink.write(chunk)
+                            if is_item and not announced:
+                                announced = True
+                                if self.on_item is not None:
+                                    self.on_item(request.key, item)
                             if (
                                 probing
                                 and self._probe is not None

@@ -171,6 +171,36 @@ class Programme:
         if not self._player.busy and self.on_air is None:
             self._resume_interrupted()
 
+    def cut_in(self, occurrence: Occurrence) -> None:
+        """An occurrence that is not in the schedule (an emergency) starts now: it preempts
+        what it outranks (which resumes after it, as after any cut-in); behind one that
+        outranks it, it waits its turn until its own end."""
+        self.plan[occurrence.key] = occurrence
+        current = self.playing
+        segment = Segment(occurrence, Position(0, 0.0))
+        if current is not None and self._player.busy:
+            if not outranks(occurrence, current):
+                segment.interrupted_by = current.slot_id
+                self.segments[occurrence.key] = segment
+                return
+            self.segments[current.key].interrupted_by = occurrence.slot_id
+            self._start(segment, None, ("preempted", f"preempted by {occurrence.slot_id}"))
+            return
+        self._start(segment, start_at=None)
+
+    def cancel(self, slot_id: str, reason: str) -> bool:
+        """End the occurrence ``slot_id`` (an emergency cancelled): cut if on air (the
+        schedule then resumes), dropped if waiting. False if there is none."""
+        for segment in list(self.segments.values()):
+            if segment.occurrence.slot_id != slot_id:
+                continue
+            if segment.occurrence.key == self.on_air and self._player.busy:
+                self._player.cut("partial", reason)
+            else:
+                self._finish(segment, "partial" if segment.played_s else "skipped", reason)
+            return True
+        return False
+
     def stop_all(self, reason: str) -> None:
         """A stop command: the programme on air and whatever waits to resume are over."""
         self._player.cut("partial", reason)

@@ -195,3 +195,57 @@ def test_missing_media_plays_the_local_fallback(mock_pins: Any, fake_clock: Fake
         "local fallback programme: the slot's media was missing",
     )
     rig.close()
+
+
+def emergency_occ(clock: FakeClock, name: str = "storm", repeat: int = 3, priority: int = 100,
+                  command: str = "e-1") -> Occurrence:  # fmt: skip
+    from agent.core import emergency
+    from agent.core.models import Command
+    from tests.harness.trust import emergency_body
+
+    doc = emergency_body(id=command, repeat=repeat, priority=priority)
+    cmd = Command.from_body(doc)
+    media = MediaRef(name, "https://m.example.vn/x.mp3", "cd" * 32, 100, 3.0, None, "emergency")
+    end = clock.now() + timedelta(minutes=30)
+    return emergency.occurrence(cmd, media, end, clock.now(),
+                                emergency.EmergencyDefaults(100, 3, 0.0))  # fmt: skip
+
+
+def test_an_emergency_cuts_in_repeats_and_the_slot_resumes(
+    mock_pins: Any, fake_clock: FakeClock
+) -> None:
+    rig = Rig(mock_pins, fake_clock)
+    news = occ("news", "06:00", 50, name="long-news", seconds=600)
+    rig.programme.replace_plan([news], news.start, lambda k: False)
+    at(fake_clock, news)
+    rig.programme.fire(news.key)
+    assert rig.sink.first_write.wait(10)
+    alert = emergency_occ(fake_clock)
+    assert len(alert.items) == 3 and alert.priority == 100 and alert.end is not None
+    rig.programme.cut_in(alert)
+    assert rig.pump().outcome == "preempted"
+    done = rig.pump()
+    assert done.key == alert.key and done.item == 2  # all three repetitions played
+    assert rig.outcomes() == [("emergency:e-1", "complete", None)]
+    assert rig.player.current is not None and rig.player.current.key == news.key  # resumed
+    rig.player.cut("partial", "test over")
+    rig.pump()
+    rig.close()
+
+
+def test_a_cancel_stops_the_emergency_on_air_and_drops_a_waiting_one(
+    mock_pins: Any, fake_clock: FakeClock
+) -> None:
+    rig = Rig(mock_pins, fake_clock)
+    first = emergency_occ(fake_clock, name="long-storm", command="e-1")
+    second = emergency_occ(fake_clock, priority=95, command="e-2")  # outranked: waits
+    rig.programme.cut_in(first)
+    assert rig.sink.first_write.wait(10)
+    rig.programme.cut_in(second)
+    assert rig.programme.cancel("emergency:e-2", "cancelled by c-2")
+    assert rig.outcomes() == [("emergency:e-2", "skipped", "cancelled by c-2")]
+    assert rig.programme.cancel("emergency:e-1", "cancelled by c-1")
+    rig.pump()
+    assert rig.outcomes()[-1] == ("emergency:e-1", "partial", "cancelled by c-1")
+    assert not rig.programme.cancel("emergency:e-9", "nothing")
+    rig.close()
