@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.cache import MediaCache
 from agent.config import Config
-from agent.core import strict
+from agent.core import cap, emergency, strict
 from agent.core.clock import Clock
 from agent.core.codes import Code
 from agent.core.flood import FloodGate
@@ -77,6 +77,12 @@ class Stop:
 
 
 @dataclass(frozen=True, slots=True)
+class ItemStarted:
+    key: str  # the occurrence
+    index: int  # which of its items is now sounding
+
+
+@dataclass(frozen=True, slots=True)
 class Silent:
     key: str  # the occurrence that should be sounding but is not
 
@@ -100,6 +106,7 @@ Message = (
     | InputChange
     | Silent
     | Quarantined
+    | ItemStarted
 )
 
 
@@ -125,6 +132,10 @@ class Station:
     _started_mono: float = 0.0
     _clock_offset: float | None = None
     _held: dict[str, bytes] = field(default_factory=dict)  # topic -> retained envelope
+    # Emergencies whose clip is being fetched: sha256 -> their occurrences.
+    _awaiting_clip: dict[str, list[Occurrence]] = field(default_factory=dict)
+    # CAP identifier -> command id of the emergencies heard, so a CAP Cancel/Update finds them.
+    _cap_ids: dict[str, str] = field(default_factory=dict)
     flood: FloodGate = field(default_factory=FloodGate)
 
     def __post_init__(self) -> None:
@@ -135,6 +146,7 @@ class Station:
             lambda result: self.inbox.put(PlayDone(result)),
             lambda key: self.inbox.put(Silent(key)),
         )
+        self.player.on_item = lambda key, index: self.inbox.put(ItemStarted(key, index))
         self.inputs = self.inputs_factory(self.inbox.put) if self.inputs_factory else None
         self.programme = Programme(
             self.clock,
@@ -225,6 +237,8 @@ class Station:
                 for sha in message.sha256s:
                     self._event("media", "media-corrupt", why, {"sha256": sha})
                 self._fetch_missing()
+            case ItemStarted():
+                self._on_item_started(message)
             case Tick(what="integrity"):
                 self.media.check_integrity()
             case InputChange():
@@ -330,6 +344,10 @@ class Station:
             self.programme.stop_all(f"stopped by command {command.id}")
         elif command.action == "resync":
             self._on_connected(resync=True)
+        elif command.action == "emergency":
+            self._on_emergency(command)
+        elif command.action == "cancel":
+            self._cancel(command.doc.get("references"), command.id)
         else:
             # emergency, cancel, live and the rest arrive with their own issues; accepting the
             # envelope without acting would be a lie, so the event says so.
@@ -337,6 +355,93 @@ class Station:
                 "command", "unsupported", f"{command.action} is not implemented yet",
                 {"id": command.id},
             )  # fmt: skip
+
+    # emergencies ------------------------------------------------------------------------------
+
+    def _on_emergency(self, command: Command) -> None:
+        """Section 6: CAP decides whether it sounds; the clip is verified before it does
+        (cached ahead, or fetched whole now, ahead of every other download)."""
+        fields: dict[str, Any] = {"id": command.id}
+        try:
+            decision = cap.decide(
+                command.doc, command.expires, sound_tests=self.config.emergency.sound_tests
+            )
+        except cap.CapError as exc:
+            self._event("emergency", "emergency-refused", f"CAP: {exc}", fields)
+            return
+        fields |= {"cap_status": decision.status, "cap_msg_type": decision.msg_type,
+                   "headline": decision.headline}  # fmt: skip
+        for earlier in decision.cancels:
+            self._cancel(self._cap_ids.get(earlier, earlier), command.id)
+        if decision.identifier is not None and len(self._cap_ids) < MAX_HELD * 16:
+            self._cap_ids[decision.identifier] = command.id
+        if decision.action == "cancel":
+            return
+        if decision.action == "silent":
+            self._event("emergency", "emergency-silent", decision.reason or "silent", fields)
+            return
+        now = self.clock.now()
+        end = emergency.ends_at(command, decision.expires, now, self.ingestor.trust()[0])
+        if end <= now:
+            self._event("emergency", "expired", "its expiry has passed", fields)
+            return
+        try:
+            media = emergency.clip(command)
+        except (KeyError, ValueError, TypeError) as exc:
+            self._event("emergency", "emergency-refused", f"media: {exc}", fields)
+            return
+        em = self.config.emergency
+        defaults = emergency.EmergencyDefaults(em.volume, em.repeat, em.gap_s)
+        occurrence = emergency.occurrence(command, media, end, now, defaults)
+        if self.cache.has(media.sha256, media.bytes):
+            self.programme.cut_in(occurrence)
+            return
+        self._awaiting_clip.setdefault(media.sha256, []).append(occurrence)
+        self._event("emergency", "emergency-fetching", "fetching its clip before it sounds",
+                    fields | {"sha256": media.sha256, "url": media.url})  # fmt: skip
+        self.media.fetch_now(media)
+
+    def _emergency_clip_done(self, done: MediaDone) -> None:
+        waiting = self._awaiting_clip.pop(done.media.sha256, [])
+        now = self.clock.now()
+        for occurrence in waiting:
+            if done.error is None and occurrence.end is not None and now < occurrence.end:
+                self.programme.cut_in(occurrence)
+                continue
+            reason = (done.code or "media-error") if done.error else "expired while its clip came"
+            self._asrun(Outcome(occurrence, "failed", reason))
+
+    def _cancel(self, reference: object, by: str) -> None:
+        if not isinstance(reference, str):
+            self._event("emergency", "cancel-unmatched", "cancel names no command", {"id": by})
+            return
+        slot = emergency.slot_id(reference)
+        reason = f"cancelled by {by}"
+        for sha, waiting in list(self._awaiting_clip.items()):
+            kept = [o for o in waiting if o.slot_id != slot]
+            for occurrence in waiting:
+                if occurrence.slot_id == slot:
+                    self._asrun(Outcome(occurrence, "skipped", reason))
+            if len(kept) != len(waiting):
+                self._awaiting_clip[sha] = kept
+                return
+        if not self.programme.cancel(slot, reason):
+            self._event("emergency", "cancel-unmatched", f"no emergency {reference} is on",
+                        {"id": by, "references": reference})  # fmt: skip
+
+    def _on_item_started(self, started: ItemStarted) -> None:
+        occurrence = self.programme.plan.get(started.key)
+        if occurrence is None or not emergency.is_emergency(occurrence.slot_id):
+            return
+        first = started.index == 0
+        self._event(
+            "emergency",
+            "emergency-started" if first else "emergency-repeated",
+            f"repetition {started.index + 1} of {len(occurrence.items)} sounding",
+            {"id": emergency.command_id(occurrence.slot_id), "repetition": started.index + 1,
+             "of": len(occurrence.items), "volume": occurrence.volume,
+             "zones": list(occurrence.zones)},
+        )  # fmt: skip
 
     def _on_ack(self, payload: bytes) -> None:
         try:
@@ -434,7 +539,9 @@ class Station:
                 media.sha256, audio.loudness_target_lufs, max_gain_db=audio.loudness_max_gain_db
             )
             gain = db_to_gain(correction)
-        chime = media.category in audio.chime_categories
+        chime = media.category in audio.chime_categories or (
+            media.category == "emergency" and self.config.emergency.chime
+        )
         touch(self.cache.path_for(media.sha256))  # least recently used is evicted first
         return PlayItem(media.name, media.sha256, self.cache.path_for(media.sha256), gain, chime)
 
@@ -464,6 +571,8 @@ class Station:
 
     def _on_media_done(self, done: MediaDone) -> None:
         self.media.fetched(done)
+        if done.media.sha256 in self._awaiting_clip:
+            self._emergency_clip_done(done)
         fields = {"media": done.media.name, "url": done.media.url, "sha256": done.media.sha256}
         if done.error is None:
             self._event("media", "cached", f"{done.media.name} verified and cached", fields)
@@ -496,6 +605,12 @@ class Station:
         station, session, key = self.config.station, self.session, self.signing_key
         self._report("asrun", lambda seq: signed_asrun(station, seq, session, record, key))
         self.outbox.mark_reported(occurrence.key, done.outcome, self.clock.now())
+        if emergency.is_emergency(occurrence.slot_id):
+            self._event(
+                "emergency", "emergency-ended", f"{done.outcome}: {done.reason or 'played out'}",
+                {"id": emergency.command_id(occurrence.slot_id), "outcome": done.outcome,
+                 "reason": done.reason, "played_s": done.played_s},
+            )  # fmt: skip
 
     def _amp_power_ok(self, last: PlayResult | None) -> bool | None:
         """The relay's read-back, and the amplifier's own power-good input where there is one."""
@@ -593,13 +708,19 @@ class Station:
             "quota_bytes": self.media.quota_bytes,  # 0: no quota
         }
 
+    def _state_word(self) -> str:
+        playing = self.programme.playing
+        if playing is None or not self.player.busy:
+            return "idle"
+        return "emergency" if emergency.is_emergency(playing.slot_id) else "scheduled"
+
     def _health(self) -> Health:
         state = self.ingestor.store.snapshot()
         view = self.ingestor.clock_view()
         trusted, alerts = self.ingestor.trust()
         return Health(
             uptime_s=self.clock.monotonic() - self._started_mono,
-            state="scheduled" if self.player.busy else "idle",
+            state=self._state_word(),
             streams={f"{i}@{t}": r.version for (i, t), r in state.streams.items()},
             keyring=state.keyring.version if state.keyring else 0,
             volume=self.config.audio.default_volume,
