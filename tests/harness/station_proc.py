@@ -78,10 +78,17 @@ class StationProcess:
 
 
 def provision_station(
-    directory: Path, broker: MosquittoBroker, station_path: str, *, reports: str = ""
+    directory: Path,
+    broker: MosquittoBroker,
+    station_path: str,
+    *,
+    reports: str = "",
+    broker_url: str | None = None,
 ) -> StationProcess:
     """A provisioned station directory for ``StationProcess``; ``reports`` adds lines to its
-    ``[reports]`` section (heartbeat every 2 s unless it sets ``heartbeat_s``)."""
+    ``[reports]`` section (heartbeat every 2 s unless it sets ``heartbeat_s``); ``broker_url``
+    points the station somewhere else than ``broker`` itself (a proxy in front of it), while
+    its certificates still come from ``broker``."""
     station = StationId.parse(station_path)
     from datetime import UTC, datetime
 
@@ -90,7 +97,7 @@ def provision_station(
             station,
             (VECTORS / "keyring-v1.json").read_bytes(),
             directory,
-            brokers=(f"mqtts://{broker.host}:{broker.port}",),
+            brokers=(broker_url or f"mqtts://{broker.host}:{broker.port}",),
             clock_trust="system",
         ),
         datetime.now(UTC),
