@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS occurrence (key TEXT PRIMARY KEY, outcome TEXT NOT NULL,
     reported_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS alive (id INTEGER PRIMARY KEY CHECK (id = 1), at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS on_air (key TEXT PRIMARY KEY, started_at TEXT NOT NULL);
 """
 
 
@@ -78,8 +79,19 @@ class Outbox:
     def close(self) -> None:
         self._db.close()
 
-    def append(self, kind: str, topic: str, build: Callable[[int], bytes], now: datetime) -> Report:
-        """Allocate the next ``seq`` of ``kind``, build the payload with it, store both."""
+    def append(
+        self,
+        kind: str,
+        topic: str,
+        build: Callable[[int], bytes],
+        now: datetime,
+        *,
+        occurrence: tuple[str, str] | None = None,
+    ) -> Report:
+        """Allocate the next ``seq`` of ``kind``, build the payload with it, store both.
+
+        ``occurrence`` (key, outcome): an as-run, booked as reported in the same transaction,
+        so no crash can leave a report whose occurrence a restart would report again."""
         if kind not in KINDS:
             raise ValueError(f"unknown report kind {kind!r}")
         db = self._db
@@ -96,6 +108,8 @@ class Outbox:
                 "INSERT INTO counter VALUES (?, ?) ON CONFLICT(kind) DO UPDATE SET next_seq = ?",
                 (kind, seq + 1, seq + 1),
             )
+            if occurrence is not None:
+                self._book(*occurrence, now)
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             if db.in_transaction:
@@ -136,10 +150,30 @@ class Outbox:
     def mark_reported(self, key: str, outcome: str, now: datetime) -> None:
         """Remember that an occurrence got its as-run, so a restart never reports it twice."""
         with self._db:
+            self._book(key, outcome, now)
+
+    def _book(self, key: str, outcome: str, now: datetime) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO occurrence VALUES (?, ?, ?)", (key, outcome, now.isoformat())
+        )
+        self._db.execute("DELETE FROM on_air WHERE key = ?", (key,))
+
+    def mark_on_air(self, key: str, started_at: datetime) -> None:
+        """An occurrence began to sound: if the station dies before its as-run, the restart
+        knows it was on air (and reports it cut short) rather than never started."""
+        with self._db:
             self._db.execute(
-                "INSERT OR REPLACE INTO occurrence VALUES (?, ?, ?)",
-                (key, outcome, now.isoformat()),
+                "INSERT OR IGNORE INTO on_air VALUES (?, ?)", (key, started_at.isoformat())
             )
+
+    def forget_on_air(self, keys: list[str]) -> None:
+        with self._db:
+            self._db.executemany("DELETE FROM on_air WHERE key = ?", [(k,) for k in keys])
+
+    def on_air(self) -> dict[str, datetime]:
+        """Occurrences that began to sound and have no as-run yet: key -> when they began."""
+        rows = self._db.execute("SELECT key, started_at FROM on_air")
+        return {key: datetime.fromisoformat(at) for key, at in rows}
 
     def was_reported(self, key: str) -> bool:
         row = self._db.execute("SELECT 1 FROM occurrence WHERE key = ?", (key,)).fetchone()

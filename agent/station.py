@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 import queue
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -19,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from agent.cache import MediaCache
 from agent.config import Config
 from agent.core import cap, emergency, strict
+from agent.core.arbiter import closes_at, locate
 from agent.core.clock import Clock
 from agent.core.codes import Code
 from agent.core.flood import FloodGate
@@ -431,7 +433,13 @@ class Station:
 
     def _on_item_started(self, started: ItemStarted) -> None:
         occurrence = self.programme.plan.get(started.key)
-        if occurrence is None or not emergency.is_emergency(occurrence.slot_id):
+        if occurrence is None:
+            return
+        try:
+            self.outbox.mark_on_air(occurrence.key, self.clock.now())
+        except sqlite3.Error as exc:
+            log.error("cannot record %s on air: %s", occurrence.key, exc)
+        if not emergency.is_emergency(occurrence.slot_id):
             return
         first = started.index == 0
         self._event(
@@ -489,16 +497,50 @@ class Station:
         # Timers fire early by the pre-roll (amplifier warm-up plus decoder start), so that the
         # first sample reaches the sound card at the scheduled instant.
         lead = self.config.audio.warmup_s + self.config.audio.decoder_lead_s
-        self.timers.replace_plan(upcoming, now, lead_s=lead)
+        # An occurrence already reported (at its pre-roll, before a restart) never fires again.
+        unreported = [o for o in upcoming if not self.outbox.was_reported(o.key)]
+        self.timers.replace_plan(unreported, now, lead_s=lead)
 
     def _catch_up(self) -> None:
         """After a restart: join what is on air at the right offset, report what was missed."""
         now = self.clock.now()
         oldest = now - timedelta(days=self.config.schedule.lookback_days)
         down_since = max(self.outbox.last_alive() or now, oldest)
+        cut_short = self._on_air_when_stopped(now, oldest)
         past = occurrences(self.playlists.values(), down_since, now)
         self.programme.catch_up(past, down_since, self.outbox.was_reported)
+        window = timedelta(seconds=self.config.schedule.resume_window_s)
+        for occurrence, started in cut_short:
+            if (
+                self.outbox.was_reported(occurrence.key)
+                or occurrence.key in self.programme.segments
+            ):
+                continue  # joined by the catch-up above
+            # Still open: joined at its offset (partial), as any occurrence on at a restart;
+            # over: reported cut short. Never "missed": it was heard, in part at least.
+            closes = closes_at(occurrence, window)
+            position = locate(occurrence, (now - occurrence.start).total_seconds())
+            still_on = position is not None and (closes is None or now < closes)
+            if still_on and self.programme.on_air is None:
+                self.programme.catch_up([occurrence], occurrence.start, self.outbox.was_reported)
+            else:
+                reason = "cut short: the station stopped while it was on air"
+                self._asrun(Outcome(occurrence, "partial", reason, started_at=started))
         self.outbox.set_alive(now)
+
+    def _on_air_when_stopped(
+        self, now: datetime, oldest: datetime
+    ) -> list[tuple[Occurrence, datetime]]:
+        """Occurrences that began to sound before the station stopped (killed, power cut) and
+        got no as-run: the outbox's on-air marks, matched against the playlists in force."""
+        marked = self.outbox.on_air()
+        if not marked:
+            return []
+        since = max(oldest, min(marked.values()) - timedelta(days=1))
+        found = {o.key: o for o in occurrences(self.playlists.values(), since, now)}
+        # A mark whose playlist is gone cannot be reported against anything: let it go.
+        self.outbox.forget_on_air([key for key in marked if key not in found])
+        return [(found[key], at) for key, at in sorted(marked.items()) if key in found]
 
     def _check_clock_jump(self) -> None:
         """A wall clock that moved against the monotonic one (NTP step, a wrong RTC set right)
@@ -603,8 +645,11 @@ class Station:
             clock_trusted=self.ingestor.trust()[0],
         )
         station, session, key = self.config.station, self.session, self.signing_key
-        self._report("asrun", lambda seq: signed_asrun(station, seq, session, record, key))
-        self.outbox.mark_reported(occurrence.key, done.outcome, self.clock.now())
+        self._report(
+            "asrun",
+            lambda seq: signed_asrun(station, seq, session, record, key),
+            occurrence=(occurrence.key, done.outcome),
+        )
         if emergency.is_emergency(occurrence.slot_id):
             self._event(
                 "emergency", "emergency-ended", f"{done.outcome}: {done.reason or 'played out'}",
@@ -646,10 +691,16 @@ class Station:
             "heartbeat", lambda seq: to_bytes(heartbeat_body(station, seq, session, now, health))
         )
 
-    def _report(self, kind: str, build: Callable[[int], bytes]) -> None:
+    def _report(
+        self,
+        kind: str,
+        build: Callable[[int], bytes],
+        *,
+        occurrence: tuple[str, str] | None = None,
+    ) -> None:
         topic = f"{self.config.station.prefix}/telemetry/{kind}"
         try:
-            report = self.outbox.append(kind, topic, build, self.clock.now())
+            report = self.outbox.append(kind, topic, build, self.clock.now(), occurrence=occurrence)
         except OutboxError as exc:
             log.error("report lost to a failing outbox: %s", exc)
             return

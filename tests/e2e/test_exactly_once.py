@@ -21,11 +21,12 @@ occurrence; the stored seqs of each kind run 0..N with the receipt watermark at 
 duplicate the collectors saw is a copy that really crossed the broker again; and coverage's
 ``complete`` set is exactly the set of slots whose tone reached the card in full.
 
-Four more scenarios are strict xfails: each is a way the product breaks the property today,
-written to fail for exactly that reason (see their ``reason``). In them only the assertion on
-the broken property is an ``assert``; every other fact is checked with ``require`` (a
-RuntimeError), so a scenario that went wrong in another way fails instead of hiding behind the
-xfail.
+Four more scenarios pin the ways the station once broke the property (a crash between an
+as-run and its booking, a restart inside the pre-roll, a kill after a heartbeat inside a slot, a
+kill after the last sample but before the as-run). The last is still a strict xfail (see its
+``reason``): in it only the assertion on the broken property is an ``assert``; every other fact
+is checked with ``require`` (a RuntimeError), so a scenario that went wrong in another way fails
+instead of hiding behind the xfail.
 
 The test sleeps only until the planned instant of a fault; everything else waits for facts.
 """
@@ -609,10 +610,10 @@ def test_every_asrun_arrives_exactly_once_through_faults(tmp_path: Path) -> None
     raises=AssertionError,
     reason=(
         "agent/station.py Station._asrun writes the as-run only when the player "
-        "reports PlayDone, after the hold time, and nothing durable says an occurrence went on "
-        "air: killed between its last sample and that write, the restarted station's catch-up "
-        "(agent/programme.py Programme.catch_up) reports it 'missed: the station was "
-        "not running' although the card played all of it"
+        "reports PlayDone, after the hold time; the on-air mark (outbox.mark_on_air) says the "
+        "occurrence began, not how far it got: killed between its last sample and that write, "
+        "the restarted station reports it 'partial: cut short' although the card played all "
+        "of it (a progress mark at the last sample, from the player, would make it complete)"
     ),
 )
 def test_a_tone_played_in_full_before_a_kill_is_not_reported_missed(tmp_path: Path) -> None:
@@ -641,24 +642,13 @@ def test_a_tone_played_in_full_before_a_kill_is_not_reported_missed(tmp_path: Pa
         assert status == {"slot-00": "complete"}, (status, on_air)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "agent/station.py Station._asrun: self._report (outbox.append: the as-run and its "
-        "seq, one commit) and outbox.mark_reported (the record that the occurrence is "
-        "reported, another commit) are two transactions; a crash between them leaves an as-run "
-        "whose occurrence is not booked, and the restarted station reports the occurrence again "
-        "under a new seq: two stored as-runs for one occurrence"
-    ),
-)
 def test_a_crash_between_an_asrun_and_its_booking_reports_once(tmp_path: Path) -> None:
     with rig(tmp_path, paced=False) as r:
         outbox = r.station.directory / "state" / "outbox.db"
         Outbox(outbox).close()  # the agent's own schema, so the fault can be put in first
         db = sqlite3.connect(outbox)
-        # The agent dies at the booking of its first as-run: the state a SIGKILL or a power cut
-        # between the two commits leaves, made deterministic.
+        # The booking of the first as-run fails (a disk fault, made deterministic): the as-run
+        # and its booking are one transaction, so neither may be left behind.
         db.execute(
             "CREATE TRIGGER crash_at_booking BEFORE INSERT ON occurrence "
             "BEGIN SELECT RAISE(ABORT, 'crash between the as-run and its booking'); END"
@@ -670,12 +660,11 @@ def test_a_crash_between_an_asrun_and_its_booking_reports_once(tmp_path: Path) -
         media = missing_media()
         start = whole_second(datetime.now(UTC) + timedelta(seconds=3))
         starts = publish(r, media, [start])
-        process = r.station.process
-        if process is None:
-            raise RuntimeError("the agent was never started")
-        code = process.wait(timeout=(start - datetime.now(UTC)).total_seconds() + 10)
-        require(code != 0 and "crash between" in r.station.log_text(), f"exit {code}")
-        require(r.produced("asrun") == 1 and not r.reported("slot-00"), "not the planned state")
+        until = (start - datetime.now(UTC)).total_seconds() + 10
+        wait(lambda: "crash between" in r.station.log_text(), "the failed booking", until)
+        # All or nothing: no as-run without its booking (the old two-commit state).
+        assert r.produced("asrun") == 0 and not r.reported("slot-00")
+        r.station.stop()
         db = sqlite3.connect(outbox)
         db.execute("DROP TRIGGER crash_at_booking")
         db.commit()
@@ -690,19 +679,6 @@ def test_a_crash_between_an_asrun_and_its_booking_reports_once(tmp_path: Path) -
         assert r.asruns() == Counter(starts.items()), r.asruns()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "agent/station.py Station._catch_up starts the catch-up at "
-        "outbox.last_alive(), which every heartbeat moves forward, and agent/core/arbiter.py "
-        "catch_up looks only at occurrences that started in [down_since, now): an "
-        "occurrence on air when the agent is killed after a heartbeat inside it is neither "
-        "joined nor reported missed. It gets no as-run: the hourly re-plan reports it missed "
-        "only if it began less than 30 s (MISFIRE_GRACE_S) before the restart and the station "
-        "does not restart again first"
-    ),
-)
 def test_a_slot_on_air_when_killed_after_a_heartbeat_gets_its_asrun(tmp_path: Path) -> None:
     with rig(tmp_path) as r:
         media = make_media(r, [(600.0, 3.0), (900.0, 1.0)])
@@ -729,18 +705,6 @@ def test_a_slot_on_air_when_killed_after_a_heartbeat_gets_its_asrun(tmp_path: Pa
         assert r.asruns() == Counter(starts.items()), r.asruns()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "agent/scheduler.py Timers.replace_plan sets a timer for every occurrence "
-        "that has not started, and agent/programme.py Programme.fire never asks "
-        "whether the occurrence was reported: one reported before its start (failed: "
-        "media-missing, or skipped, both decided at the pre-roll, audio.warmup_s + "
-        "decoder_lead_s ahead) fires again when the agent restarts inside that lead, and gets "
-        "a second as-run under a new seq"
-    ),
-)
 def test_an_occurrence_reported_at_its_preroll_is_not_reported_again_after_a_restart(
     tmp_path: Path,
 ) -> None:
