@@ -28,6 +28,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent.core.targets import StationId
 
@@ -63,11 +64,16 @@ class TlsFiles:
     key: Path
 
 
-def down_topics(station: StationId) -> list[str]:
+def time_topic(station: StationId) -> str:
+    return f"loa/v1/{station.province}/time"
+
+
+def down_topics(station: StationId, *, with_time: bool = True) -> list[str]:
     """Section 2, down: exactly what the ACL lets this station read, with no overlaps (an
-    overlapping pair would deliver each message twice)."""
+    overlapping pair would deliver each message twice). ``with_time=False`` leaves out the
+    province's time beacon, which only a station with an untrusted clock needs."""
     p, c, s = station.province, station.commune, station.name
-    return [
+    topics = [
         f"loa/v1/{p}/playlist/+",
         f"loa/v1/{p}/{c}/playlist/+",
         f"loa/v1/{p}/{c}/{s}/playlist/+",
@@ -78,6 +84,16 @@ def down_topics(station: StationId) -> list[str]:
         f"loa/v1/{p}/time",
         f"loa/v1/{p}/{c}/{s}/ack",
     ]
+    return topics if with_time else [t for t in topics if t != time_topic(station)]
+
+
+# Retained messages: all of them at the first connect of a run (the station's state may be new:
+# a replaced SD card, a factory reset, while the broker still holds its session), then only for
+# a new subscription: a reconnect that finds its session (QoS 1 messages queued meanwhile) is
+# not sent the keyring and playlists again, about 10 kB each time on a 4G plan
+# (bench/results/telemetry_bytes.json). A lost session is a new subscription.
+_SUBSCRIBE_FIRST = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_ON_SUBSCRIBE)
+_SUBSCRIBE = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
 
 
 def parse_broker_url(url: str) -> tuple[str, int]:
@@ -150,6 +166,11 @@ class Link:
         self._attempt = 0  # attempts since the last connection that worked
         self._session_up = False  # this connection got a CONNACK that was not a refusal
         self.connected = False
+        # The time beacon costs every station about 1.4 MB a day (one a minute); a station
+        # whose clock is trusted does not need it. Set from the runtime's thread.
+        self.want_time = True
+        self._time_subscribed = False
+        self._retained_seen = False  # this run has had every retained message once
         self.broker_index = 0  # the broker tried next, or connected to now
         client = tls_client(station.path, tls)
         will_props = Properties(PacketTypes.WILLMESSAGE)  # type: ignore[no-untyped-call]
@@ -194,6 +215,18 @@ class Link:
             host, port, keepalive=self._keepalive, clean_start=False, properties=props
         )
 
+    def set_want_time(self, wanted: bool) -> None:
+        """Subscribe to the time beacon while the clock is untrusted, not otherwise."""
+        self.want_time = wanted
+        if not self.connected or wanted == self._time_subscribed:
+            return
+        topic = time_topic(self.station)
+        if wanted:
+            self._client.subscribe([(topic, _SUBSCRIBE)])
+        else:
+            self._client.unsubscribe(topic)
+        self._time_subscribed = wanted
+
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> bool:
         """Queue a QoS 1 publish; False when not connected (the outbox keeps the report)."""
         if not self.connected:
@@ -229,7 +262,14 @@ class Link:
         self.connected = True
         self._session_up = True
         # Renewed on every connect: a broker that lost the session still serves us.
-        client.subscribe([(topic, 1) for topic in down_topics(self.station)])
+        want_time = self.want_time
+        topics = down_topics(self.station, with_time=want_time)
+        options = _SUBSCRIBE if self._retained_seen else _SUBSCRIBE_FIRST
+        client.subscribe([(topic, options) for topic in topics])
+        self._retained_seen = True
+        if not want_time:
+            client.unsubscribe(time_topic(self.station))  # a kept session may still have it
+        self._time_subscribed = want_time
         self._deliver(Connected(bool(flags.session_present)))
 
     def _on_connect_fail(self, client: Client, userdata: Any) -> None:

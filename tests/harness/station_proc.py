@@ -84,11 +84,15 @@ def provision_station(
     *,
     reports: str = "",
     broker_url: str | None = None,
+    session_expiry_s: int = 0,
 ) -> StationProcess:
     """A provisioned station directory for ``StationProcess``; ``reports`` adds lines to its
     ``[reports]`` section (heartbeat every 2 s unless it sets ``heartbeat_s``); ``broker_url``
     points the station somewhere else than ``broker`` itself (a proxy in front of it), while
-    its certificates still come from ``broker``."""
+    its certificates still come from ``broker``. ``session_expiry_s`` is 0 here (the product's
+    default keeps a session 10 minutes): test stations share client ids on a shared broker, and
+    a session left behind would hand the next test's station this one's subscriptions and
+    queue."""
     station = StationId.parse(station_path)
     from datetime import UTC, datetime
 
@@ -110,6 +114,7 @@ def provision_station(
         "[audio]\n", '[audio]\noutput = "device"\nwarmup_s = 0.2\nhold_s = 0.2\n'
     )
     config = config.replace("[gpio]\n", f"[gpio]\namp_pin = {AMP_PIN}\n")
+    config = config.replace("[broker]\n", f"[broker]\nsession_expiry_s = {session_expiry_s}\n")
     config = config.replace(
         "[gpio.zones]\n", f"[gpio.zones]\nnorth = {NORTH_PIN}\nsouth = {SOUTH_PIN}\n"
     )

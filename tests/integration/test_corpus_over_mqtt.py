@@ -176,9 +176,14 @@ def test_corpus_over_mqtt(tmp_path: Path, mqtt_broker: MosquittoBroker, operator
         "threshold-not-met", "schema", "out-of-scope", "wrong-audience", "expired",
         "not-yet-valid", "rollback", "version-conflict", "version-gap", "replay",
     }  # fmt: skip
-    # One verdict event per case: the flood gate (tested on its own) is opened wide here.
+    # One verdict event per case: the flood gate (tested on its own) is opened wide here, and
+    # the time topic is heard although this station's clock is trusted.
     proc = provision_station(
         tmp_path / "station", mqtt_broker, STATION, reports="rejection_events_per_minute = 100000\n"
+    )
+    config = proc.directory / "station.toml"
+    config.write_text(
+        config.read_text().replace("[broker]\n", '[broker]\ntime_beacons = "always"\n')
     )
     proc.start()
     mismatches: list[str] = []
