@@ -7,6 +7,7 @@ the directory of the config file, so a station provisioned with ``--dir DIR`` ke
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -83,6 +84,9 @@ class AudioConfig:
     loudness_max_gain_db: float = 12.0
     chime_categories: tuple[str, ...] = ("announcement",)
     fallback: Path | None = None  # local programme played when a slot's media is missing
+    # The station's own volume (percent) until a `set_volume` command sets another; slot and
+    # live volumes are percentages of it (emergencies are not: agent.station says why).
+    station_volume: int = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +144,27 @@ class EmergencyConfig:
     sound_tests: bool = False  # CAP status Test/Exercise sounds only when set
 
 
+DEFAULT_CA_FILE = "/etc/ssl/certs/ca-certificates.crt"  # Debian's, Raspberry Pi OS's
+
+
+@dataclass(frozen=True, slots=True)
+class LiveConfig:
+    """PROTOCOL.md section 6, `live_start`: which streams a station relays, and how it rides
+    out their trouble (agent/core/live.py)."""
+
+    allowed_hosts: tuple[str, ...] = ()  # `host` or `host:port`, besides the keyring's live_hosts
+    allow_http: bool = False  # plain http lets anyone on the path speak on the loudspeakers
+    hold_s: float = 10.0  # a stalled or silent stream stays on air this long, then the schedule
+    retry_s: float = 5.0  # first wait before connecting again; doubles per failed attempt...
+    retry_max_s: float = 300.0  # ...up to this
+    stable_s: float = 15.0  # the stream must flow this long before it goes back on air
+    silence_db: float = -50.0  # dBFS of the stream below which it counts as silent
+    ca_file: str | None = DEFAULT_CA_FILE  # certificates checked for https streams
+
+
+_LIVE_HOST = re.compile(r"\A[a-z0-9.-]{1,253}(:[0-9]{1,5})?\Z")  # as the keyring's live_hosts
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     station: StationId
@@ -157,6 +182,7 @@ class Config:
     inputs: InputsConfig = field(default_factory=InputsConfig)
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     emergency: EmergencyConfig = field(default_factory=EmergencyConfig)
+    live: LiveConfig = field(default_factory=LiveConfig)
     sim: bool = False  # LOA_HAL=sim: gpiozero MockFactory, audio to a WAV file by default
 
 
@@ -267,6 +293,7 @@ def load_config(text: str, env: Mapping[str, str], base_dir: Path) -> Config:
             if audio_t.get("fallback")
             else None
         ),
+        station_volume=int(_number(audio_t, "station_volume", 100, "audio", 0, 100)),
     )
     inputs_t = _table(doc, "inputs")
     input_pins: dict[str, int] = {}
@@ -338,6 +365,7 @@ def load_config(text: str, env: Mapping[str, str], base_dir: Path) -> Config:
         inputs=inputs,
         capture=capture,
         emergency=_emergency(_table(doc, "emergency")),
+        live=_live(_table(doc, "live")),
         sim=sim,
     )
 
@@ -352,10 +380,33 @@ def _emergency(table: Mapping[str, Any]) -> EmergencyConfig:
     )
 
 
-def _string_list(table: Mapping[str, Any], key: str, default: list[str]) -> list[str]:
+def _live(table: Mapping[str, Any]) -> LiveConfig:
+    hosts = [h.strip().lower() for h in _string_list(table, "allowed_hosts", [], "live")]
+    for host in hosts:
+        if not _LIVE_HOST.match(host):
+            raise ConfigError(f"live.allowed_hosts: {host!r} is not a host name or host:port")
+    ca_file = table.get("ca_file", DEFAULT_CA_FILE)
+    if not isinstance(ca_file, str):
+        raise ConfigError("live.ca_file must be the path of a CA bundle")
+    retry_s = _number(table, "retry_s", 5.0, "live", 0.1, 3600)
+    return LiveConfig(
+        allowed_hosts=tuple(hosts),
+        allow_http=_typed(table, "allow_http", bool, False, "live"),
+        hold_s=_number(table, "hold_s", 10.0, "live", 1, 600),
+        retry_s=retry_s,
+        retry_max_s=max(retry_s, _number(table, "retry_max_s", 300.0, "live", 0.1, 86400)),
+        stable_s=_number(table, "stable_s", 15.0, "live", 0, 3600),
+        silence_db=_number(table, "silence_db", -50.0, "live", -120, 0),
+        ca_file=ca_file or None,
+    )
+
+
+def _string_list(
+    table: Mapping[str, Any], key: str, default: list[str], where: str = "audio"
+) -> list[str]:
     value = table.get(key, default)
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"audio.{key} must be a list of strings")
+        raise ConfigError(f"{where}.{key} must be a list of strings")
     return value
 
 

@@ -16,7 +16,7 @@ at ``start_at`` (the sink's own output latency is subtracted).
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -50,6 +50,9 @@ class PlayItem:
     path: Path
     gain: float = 1.0  # the item's own correction (loudness normalisation), times the volume
     chime: bool = False  # an announcement: an attention chime before and after it
+    # An item that brings its own PCM (a live relay: the stream's view) instead of a file for
+    # the decoder; called with the linear gain. ``path`` is then only a label.
+    source: Callable[[float], PcmSource] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +82,39 @@ class PlayResult:
     item: int  # where playback stood when it ended: item index…
     item_offset_s: float  # …and seconds into it (to resume an interrupted occurrence)
     silent: bool = False  # the input channel heard nothing while it should have
+
+
+@dataclass(frozen=True, slots=True)
+class ZoneCheck:
+    """One zone of a relay test: what the relays and the health inputs read back."""
+
+    zone: str
+    on: bool | None  # its relay read back energised while switched on (None: not reached)
+    off: bool | None  # and released once switched off again
+    others_off: bool | None  # no other zone was energised meanwhile
+    inputs: Mapping[str, bool]  # the health inputs while the zone was on
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.on and self.off and self.others_off)
+
+
+@dataclass(frozen=True, slots=True)
+class RelayTestResult:
+    zones: tuple[ZoneCheck, ...]
+    amp: bool | None  # the amplifier relay read back on (None: none configured, or not reached)
+    inputs_before: Mapping[str, bool]  # the health inputs with the amplifier on, no zone on
+    interrupted: str | None = None  # a play took the relays before the test was through
+    error: str | None = None  # the relay hardware failed
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.error is None
+            and self.interrupted is None
+            and self.amp is not False
+            and all(z.ok for z in self.zones)
+        )
 
 
 class Player:
@@ -117,6 +153,7 @@ class Player:
         self._amp_on = False
         self._amp_timer: threading.Timer | None = None
         self.current: PlayRequest | None = None
+        self.testing = False  # the thread running is a relay test, not a play
         # Told (key, item index) when an item's first sample goes out: an emergency reports
         # each repetition as it sounds. Called on the playback thread: enqueue only.
         self.on_item: Callable[[str, int], None] | None = None
@@ -131,9 +168,13 @@ class Player:
         sounding while ffmpeg starts, and the new one follows within a chunk (preemption)."""
         previous = None
         if self.busy:
+            if replacing is None and self.testing:
+                # A relay test ranks below everything (priority 0): any play ends it.
+                replacing = ("partial", "relay test interrupted by a play")
             if replacing is None:
                 raise RuntimeError("the player is busy: cut the current play first")
             previous = (self._thread, self._cut, replacing)
+        self.testing = False
         self._cut = threading.Event()
         self.current = request
         self._thread = threading.Thread(
@@ -152,6 +193,75 @@ class Player:
         self._cut_reason = (outcome, reason)
         self._cut.set()
         thread.join(wait_s)
+
+    def relay_test(
+        self,
+        zones: tuple[str, ...],
+        *,
+        dwell_s: float,
+        read_inputs: Callable[[], Mapping[str, bool]],
+        on_result: Callable[[RelayTestResult], None],
+    ) -> None:
+        """Cycle each zone relay on and off with the amplifier on, on a thread of its own,
+        reading back the relays and the health inputs; ``on_result`` (which only enqueues)
+        gets what was read. The caller makes sure nothing plays; a play that starts meanwhile
+        ends the test (it ranks below everything)."""
+        if self.busy:
+            raise RuntimeError("the player is busy: a relay test needs the relays to itself")
+        self._cut = threading.Event()
+        self.current = None
+        self.testing = True
+        self._thread = threading.Thread(
+            target=self._test,
+            args=(zones, dwell_s, read_inputs, on_result, self._cut),
+            name="relay test",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _test(
+        self,
+        zones: tuple[str, ...],
+        dwell_s: float,
+        read_inputs: Callable[[], Mapping[str, bool]],
+        on_result: Callable[[RelayTestResult], None],
+        cut: threading.Event,
+    ) -> None:
+        checks: list[ZoneCheck] = []
+        amp: bool | None = None
+        before: Mapping[str, bool] = {}
+        error = None
+        try:
+            warm = self._amp_up()
+            amp = self._relays.states().get("amp")
+            # The same order as a play: the amplifier warms up before any line is switched.
+            if not cut.wait(0.0 if warm else self._warmup_s):
+                before = dict(read_inputs())
+            for zone in zones:
+                if cut.is_set():
+                    break
+                self._relays.set_zones([zone], True)
+                cut.wait(dwell_s)  # the relay settles and the inputs debounce
+                states = self._relays.states()
+                sensed = dict(read_inputs())
+                self._relays.set_zones([zone], False)
+                cut.wait(dwell_s / 2)
+                released = self._relays.states()
+                others = [v for k, v in states.items() if k not in (zone, "amp")]
+                checks.append(
+                    ZoneCheck(zone, states.get(zone), not released.get(zone, True),
+                              not any(others), sensed)
+                )  # fmt: skip
+        except RelayError as exc:
+            error = f"relay: {exc}"[:200]
+        finally:
+            try:
+                self._relays.set_zones(zones, False)
+                self._amp_down_later()
+            except RelayError as exc:
+                error = error or f"relay: {exc}"[:200]
+            interrupted = self._cut_reason[1] if cut.is_set() else None
+            on_result(RelayTestResult(tuple(checks), amp, before, interrupted, error))
 
     def close(self) -> None:
         """Safe-off: stop playing and switch everything off now, linger or not."""
@@ -210,7 +320,8 @@ class Player:
         """Start the decoder of ``item`` and read its first chunk (ffmpeg's start-up)."""
         entry = request.items[item]
         offset = request.start_offset_s if item == request.start_item else 0.0
-        source = self._decoder(entry.path, request.gain * entry.gain, offset)
+        gain = request.gain * entry.gain
+        source = entry.source(gain) if entry.source else self._decoder(entry.path, gain, offset)
         chunks = source.chunks()
         try:
             first = next(chunks, b"")

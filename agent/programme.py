@@ -4,7 +4,8 @@ It carries out the arbiter's rules with the player: a higher-ranked occurrence c
 it interrupts waits and resumes where it stopped while its slot is open, else it is reported
 partial); a lower-ranked one that fires while another plays is skipped; an occurrence whose
 media is not ready fails with ``media-missing``; after a restart the station joins what is on
-at the right offset (partial) and reports what it missed. Runs on the runtime's thread only.
+at the right offset (partial) and reports what it missed. A live stretch has no position: cut
+in on, it rejoins the stream when the cut-in is over. Runs on the runtime's thread only.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from agent.core import live
 from agent.core.arbiter import Position, advance, catch_up, closes_at
 from agent.core.clock import Clock
 from agent.core.models import MediaRef
@@ -162,6 +164,8 @@ class Programme:
             self.on_air = None
         if result.outcome == "preempted":
             position = advance(segment.occurrence, Position(result.item, result.item_offset_s), 0)
+            if position is None and live.is_live(segment.occurrence.slot_id):
+                position = Position(0, 0.0)  # a live stream has no position: it rejoins live
             if position is not None:
                 segment.position = position
                 return  # waits for the cut-in to end
@@ -200,6 +204,19 @@ class Programme:
                 self._finish(segment, "partial" if segment.played_s else "skipped", reason)
             return True
         return False
+
+    def end(self, key: str, reason: str) -> bool:
+        """End the occurrence ``key`` (a live stretch): cut if on air, dropped if waiting;
+        False if it is not started or already reported. Its as-run follows as for any end."""
+        segment = self.segments.get(key)
+        if segment is None:
+            return False
+        if key == self.on_air:
+            # On air, or cut already and its result on the way: done() reports it.
+            self._player.cut("partial", reason)
+        else:
+            self._finish(segment, "partial" if segment.played_s else "skipped", reason)
+        return True
 
     def stop_all(self, reason: str) -> None:
         """A stop command: the programme on air and whatever waits to resume are over."""
