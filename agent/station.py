@@ -7,12 +7,14 @@ model: no locks around the station's state, because only this thread touches it.
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -20,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from agent.cache import MediaCache
 from agent.config import Config
 from agent.core import cap, emergency, strict
+from agent.core import live as live_policy
 from agent.core.arbiter import closes_at, locate
 from agent.core.clock import Clock
 from agent.core.codes import Code
@@ -35,17 +38,20 @@ from agent.core.reports import (
     signed_asrun,
     to_bytes,
 )
+from agent.core.timefmt import format_rfc3339
 from agent.core.verify import Accepted, Rejection, Verdict
 from agent.ingest import Ingestor
 from agent.link import Connected, Disconnected, Link, Received
+from agent.live import LiveRelay, LiveSignalled, LiveWake
 from agent.loudness import LoudnessStore, db_to_gain
 from agent.media_workers import MediaDone, MediaWorkers, Quarantined
 from agent.outbox import DroppedRange, Outbox, OutboxError
-from agent.player import Player, PlayItem, PlayResult
+from agent.player import Player, PlayItem, PlayResult, RelayTestResult
 from agent.programme import Outcome, Programme
 from agent.quota import touch
 from agent.scheduler import MISFIRE_GRACE_S, Timers
-from hal.inputs import InputChange, Inputs
+from hal.files import atomic_write
+from hal.inputs import InputChange, InputError, Inputs
 
 log = logging.getLogger("loa.station")
 AGENT_VERSION = "0.1.0"
@@ -56,6 +62,8 @@ MAX_HELD = 64
 WAIT_FOR_KEYRING = frozenset(
     {Code.VERSION_GAP, Code.UNKNOWN_KEY, Code.THRESHOLD_NOT_MET, Code.OUT_OF_SCOPE}
 )
+# A relay test holds each zone on this long: the relay settles, the inputs' debounce passes.
+RELAY_TEST_DWELL_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +97,12 @@ class Silent:
     key: str  # the occurrence that should be sounding but is not
 
 
+@dataclass(frozen=True, slots=True)
+class RelayTested:
+    command_id: str
+    result: RelayTestResult
+
+
 INPUT_EVENTS = {  # input name -> (event code when lost, when back)
     "mains": ("mains-lost", "mains-restored"),
     "amp_power": ("amp-power-lost", "amp-power-restored"),
@@ -109,6 +123,9 @@ Message = (
     | Silent
     | Quarantined
     | ItemStarted
+    | LiveSignalled
+    | LiveWake
+    | RelayTested
 )
 
 
@@ -139,6 +156,7 @@ class Station:
     # CAP identifier -> command id of the emergencies heard, so a CAP Cancel/Update finds them.
     _cap_ids: dict[str, str] = field(default_factory=dict)
     flood: FloodGate = field(default_factory=FloodGate)
+    volume: int = 100  # the station's volume (set_volume), read from its state at start
 
     def __post_init__(self) -> None:
         reports = self.config.reports
@@ -161,6 +179,16 @@ class Station:
             fallback=self.config.audio.fallback,
         )
         self.link = self.link_factory(self.inbox.put) if self.link_factory else None
+        self.volume = self._load_volume()
+        self.live = LiveRelay(
+            self.config.live,
+            self.clock,
+            self.programme,
+            self.inbox.put,
+            lambda code, detail, fields: self._event("live", code, detail, fields),
+            self._volume,
+            default_volume=self.config.audio.default_volume,
+        )
         self.media = MediaWorkers(
             self.cache,
             self.loudness,
@@ -203,6 +231,7 @@ class Station:
 
     def _shutdown(self) -> None:
         self.timers.stop()
+        self.live.close()
         self.player.close()
         if self.inputs is not None:
             self.inputs.close()
@@ -241,6 +270,12 @@ class Station:
                 self._fetch_missing()
             case ItemStarted():
                 self._on_item_started(message)
+            case LiveSignalled():
+                self.live.on_signal(message)
+            case LiveWake():
+                self.live.on_wake(message)
+            case RelayTested():
+                self._on_relay_tested(message)
             case Tick(what="integrity"):
                 self.media.check_integrity()
             case InputChange():
@@ -343,7 +378,10 @@ class Station:
 
     def _on_command(self, verdict: Accepted, command: Command) -> None:
         if command.action == "stop":
+            self.live.stop_all(f"stopped by command {command.id}")  # or it would come back
             self.programme.stop_all(f"stopped by command {command.id}")
+        elif command.action in ("live_start", "live_stop", "set_volume", "relay_test"):
+            self._on_station_command(command)
         elif command.action == "resync":
             self._on_connected(resync=True)
         elif command.action == "emergency":
@@ -351,8 +389,8 @@ class Station:
         elif command.action == "cancel":
             self._cancel(command.doc.get("references"), command.id)
         else:
-            # emergency, cancel, live and the rest arrive with their own issues; accepting the
-            # envelope without acting would be a lie, so the event says so.
+            # An action this version does not know (a newer schema): accepting the envelope
+            # without acting would be a lie, so the event says so.
             self._event(
                 "command", "unsupported", f"{command.action} is not implemented yet",
                 {"id": command.id},
@@ -449,6 +487,113 @@ class Station:
             {"id": emergency.command_id(occurrence.slot_id), "repetition": started.index + 1,
              "of": len(occurrence.items), "volume": occurrence.volume,
              "zones": list(occurrence.zones)},
+        )  # fmt: skip
+
+    # live relay and station commands (issue 9) -------------------------------------------------
+
+    def _on_station_command(self, command: Command) -> None:
+        if command.action == "live_start":
+            keyring = self.ingestor.store.snapshot().keyring
+            self.live.start(command, keyring.live_hosts if keyring else ())
+        elif command.action == "live_stop":
+            self.live.stop(command)
+        elif command.action == "set_volume":
+            self._set_volume(command)
+        else:
+            self._relay_test(command)
+
+    def _volume_path(self) -> Path:
+        return self.config.paths.state / "volume.json"
+
+    def _load_volume(self) -> int:
+        """The volume the last `set_volume` left, else the configured one."""
+        try:
+            doc = json.loads(self._volume_path().read_bytes())
+            volume = doc["volume"]
+        except FileNotFoundError:
+            return self.config.audio.station_volume
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.error("unreadable %s, using the configured volume: %s", self._volume_path(), exc)
+            return self.config.audio.station_volume
+        if isinstance(volume, int) and not isinstance(volume, bool) and 0 <= volume <= 100:
+            return volume
+        return self.config.audio.station_volume
+
+    def _set_volume(self, command: Command) -> None:
+        """From now on: the next item that starts plays at it, a live stretch on air follows
+        at once; kept in the station's state so a restart keeps it."""
+        previous, self.volume = self.volume, int(command.doc["volume"])
+        record = {"volume": self.volume, "command": command.id,
+                  "set_at": format_rfc3339(self.clock.now())}  # fmt: skip
+        persisted = True
+        try:
+            atomic_write(self._volume_path(), json.dumps(record).encode())
+        except OSError as exc:
+            log.error("volume %d not persisted: %s", self.volume, exc)
+            persisted = False
+        self.live.volume_changed()
+        self._event(
+            "volume", "volume-set", f"station volume {previous} -> {self.volume}",
+            {"id": command.id, "volume": self.volume, "previous": previous,
+             "persisted": persisted},
+        )  # fmt: skip
+
+    def _relay_test(self, command: Command) -> None:
+        """Section 6 ladder: a test ranks 0, below everything, so it never interrupts anything
+        and is refused while anything is on air, waits to resume or finishes its hold time;
+        a slot or emergency that starts during the test ends it (reported interrupted)."""
+        fields: dict[str, Any] = {"id": command.id}
+        playing = self.programme.playing
+        blocker = None
+        if playing is not None and self.player.busy:
+            blocker = f"{playing.slot_id} is on air"
+        elif self.live.active:
+            blocker = "a live relay is on (waiting for its stream)"
+        elif self.programme.segments:
+            blocker = f"{next(iter(self.programme.segments.values())).occurrence.slot_id} waits"
+        elif self.player.busy:
+            blocker = "the relays are busy (a play's hold time, or a test already running)"
+        configured = list(self.config.zones)
+        asked = list(command.doc.get("zones", ["all"]))
+        zones = configured if "all" in asked else asked
+        unknown = [z for z in zones if z not in configured]
+        if blocker is None and unknown:
+            blocker = f"unknown zones: {', '.join(unknown)}"
+        if blocker is not None:
+            self._event("relay-test", "relay-test-refused", f"relay test refused: {blocker}",
+                        fields | {"reason": blocker})  # fmt: skip
+            return
+        self.player.relay_test(
+            tuple(zones),
+            dwell_s=RELAY_TEST_DWELL_S,
+            read_inputs=self._read_inputs,
+            on_result=lambda result: self.inbox.put(RelayTested(command.id, result)),
+        )
+
+    def _read_inputs(self) -> dict[str, bool]:
+        """The health inputs now (called on the relay test's thread: gpiozero reads only)."""
+        if self.inputs is None:
+            return {}
+        try:
+            return self.inputs.states()
+        except InputError as exc:
+            log.error("health inputs unreadable during a relay test: %s", exc)
+            return {}
+
+    def _on_relay_tested(self, tested: RelayTested) -> None:
+        result = tested.result
+        zones = [
+            {"zone": c.zone, "ok": c.ok, "on": c.on, "off": c.off, "others_off": c.others_off,
+             "inputs": dict(c.inputs)}
+            for c in result.zones
+        ]  # fmt: skip
+        summary = ", ".join(f"{c.zone} {'ok' if c.ok else 'FAILED'}" for c in result.zones)
+        detail = result.error or result.interrupted or summary or "no zone relays configured"
+        self._event(
+            "relay-test", "relay-test", f"relay test: {detail}",
+            {"id": tested.command_id, "ok": result.ok, "amp": result.amp, "zones": zones,
+             "inputs": dict(result.inputs_before), "interrupted": result.interrupted,
+             "error": result.error},
         )  # fmt: skip
 
     def _on_ack(self, payload: bytes) -> None:
@@ -565,15 +710,23 @@ class Station:
         )  # fmt: skip
 
     def _volume(self, occurrence: Occurrence) -> int:
-        return (
+        """Slot and live volumes are percentages of the station's volume (section 5: "of the
+        station's configured maximum", which `set_volume` sets); an emergency's is not: a
+        station turned down for a quiet evening must still be heard when the river rises."""
+        volume = (
             occurrence.volume if occurrence.volume is not None else self.config.audio.default_volume
         )
+        if emergency.is_emergency(occurrence.slot_id):
+            return volume
+        return round(volume * self.volume / 100)
 
     # media -----------------------------------------------------------------------------------
 
     def _play_item(self, media: MediaRef) -> PlayItem:
         """A cached medium as the player takes it: its loudness correction (never waited for:
         an unmeasured file plays as it is) and whether it gets the attention chimes."""
+        if media.category == "live":
+            return self.live.play_item(media)  # not a file: the stream's own PCM
         audio = self.config.audio
         gain = 1.0
         if self.loudness is not None and audio.loudness_target_lufs is not None:
@@ -624,6 +777,7 @@ class Station:
     # reports ---------------------------------------------------------------------------------
 
     def _asrun(self, done: Outcome) -> None:
+        done = self.live.finished(done)  # a live stretch: how the relay ended it
         occurrence, last = done.occurrence, done.last
         record = AsRun(
             slot=occurrence.slot_id,
@@ -761,8 +915,12 @@ class Station:
 
     def _state_word(self) -> str:
         playing = self.programme.playing
+        if self.player.testing and self.player.busy:
+            return "test"
         if playing is None or not self.player.busy:
             return "idle"
+        if live_policy.is_live(playing.slot_id):
+            return "live"
         return "emergency" if emergency.is_emergency(playing.slot_id) else "scheduled"
 
     def _health(self) -> Health:
@@ -774,7 +932,7 @@ class Station:
             state=self._state_word(),
             streams={f"{i}@{t}": r.version for (i, t), r in state.streams.items()},
             keyring=state.keyring.version if state.keyring else 0,
-            volume=self.config.audio.default_volume,
+            volume=self.volume,
             agent_version=AGENT_VERSION,
             cache=self._cache_facts(),
             clock={
