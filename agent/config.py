@@ -66,6 +66,9 @@ class BrokerConfig:
     keepalive_s: int = 120
     will_delay_s: int = 60  # a short drop raises no alarm
     session_expiry_s: int = 600
+    # "when-untrusted": the time beacon is subscribed only while the clock is untrusted (it
+    # costs about 1.4 MB a day); "always": every beacon (a test of every topic, for one).
+    time_beacons: str = "when-untrusted"
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,6 +351,7 @@ def load_config(text: str, env: Mapping[str, str], base_dir: Path) -> Config:
         keepalive_s=int(_number(broker_t, "keepalive_s", 120, "broker", 5, 3600)),
         will_delay_s=int(_number(broker_t, "will_delay_s", 60, "broker", 0, 3600)),
         session_expiry_s=int(_number(broker_t, "session_expiry_s", 600, "broker", 0, 86400 * 7)),
+        time_beacons=_choice(broker_t, "time_beacons", ("when-untrusted", "always"), "broker"),
     )
     return Config(
         station=station,
@@ -378,6 +382,13 @@ def _emergency(table: Mapping[str, Any]) -> EmergencyConfig:
         chime=_typed(table, "chime", bool, True, "emergency"),
         sound_tests=_typed(table, "sound_tests", bool, False, "emergency"),
     )
+
+
+def _choice(table: Mapping[str, Any], key: str, choices: tuple[str, ...], where: str) -> str:
+    value = table.get(key, choices[0])
+    if value not in choices:
+        raise ConfigError(f"{where}.{key} must be one of {', '.join(choices)}, got {value!r}")
+    return str(value)
 
 
 def _live(table: Mapping[str, Any]) -> LiveConfig:

@@ -215,6 +215,7 @@ class Station:
         self.timers.every("integrity", 86400, self._tick("integrity"))
         self.timers.start()
         if self.link is not None:
+            self._follow_clock_trust()
             self.link.start()
         try:
             while True:
@@ -298,6 +299,7 @@ class Station:
                     self._reload_playlists()  # `loa-agent ingest` changed the state
                 self._check_clock_jump()
                 self._summarise_floods()
+                self._follow_clock_trust()
 
     def _on_received(self, message: Received) -> None:
         station = self.config.station
@@ -343,6 +345,13 @@ class Station:
             }
             self._event("envelope", "accepted", verdict.line(), fields)
         return verdict
+
+    def _follow_clock_trust(self) -> None:
+        """The time beacon only while the clock is untrusted (section 9): a trusted station
+        raises its floor from its own clock, and a beacon a minute is most of a day's bytes."""
+        if self.link is not None:
+            always = self.config.broker.time_beacons == "always"
+            self.link.set_want_time(always or not self.ingestor.trust()[0])
 
     def _summarise_floods(self) -> None:
         for held in self.flood.due(self.clock.monotonic()):
