@@ -35,12 +35,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import shutil
 import signal
 import sqlite3
-import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -56,7 +53,6 @@ import pytest
 from agent.core.targets import StationId
 from agent.link import TlsFiles
 from agent.outbox import KINDS, Outbox
-from bench.paced_sink import PulseNullSink
 from hal.audio import FRAME_BYTES, SAMPLE_RATE
 from province.collector import Collector, CollectorStats
 from province.coverage import coverage
@@ -65,6 +61,8 @@ from province.registry import Registry
 from tests.harness.audio import analyse_pcm, make_tone
 from tests.harness.broker import MosquittoBroker, Recorder, close_client, connect_client
 from tests.harness.media_server import MediaServer, closed_port
+from tests.harness.paced_card import paced_card, use_paced_card
+from tests.harness.paced_card import plays as paced_plays
 from tests.harness.station_proc import StationProcess, provision_station
 from tests.harness.tcp_proxy import TcpProxy
 from tests.harness.trust import body_bytes, envelope, playlist_body
@@ -116,50 +114,9 @@ def whole_second(earliest: datetime) -> datetime:
 # -- the paced sound card -----------------------------------------------------------------------
 
 
-@contextmanager
-def paced_card(root: Path) -> Iterator[Path]:
-    """A private PulseAudio null sink; yields its socket. A low-latency stream of silence
-    stays connected to it: an idle null sink sleeps up to its 2 s maximum latency before it
-    notices a new stream, which would hold up the first write of every play by about 2 s."""
-    missing = [t for t in ("pulseaudio", "pacat", "parec", "pactl") if shutil.which(t) is None]
-    if missing:
-        pytest.skip(f"{', '.join(missing)} not found (make sysdeps installs pulseaudio-utils)")
-    sink = PulseNullSink(root)
-    sink.start()
-    keepalive: subprocess.Popen[bytes] | None = None
-    try:
-        keepalive = subprocess.Popen(
-            ["pacat", "--raw", "--format=s16le", "--channels=2", "--rate=48000",
-             "--latency-msec=20", "/dev/zero"],
-            env={**os.environ, **sink.env},
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        yield sink.socket
-    finally:
-        if keepalive is not None:
-            keepalive.terminate()
-            keepalive.wait(10)
-        sink.stop()
-
-
-def use_paced_card(station: StationProcess, socket: Path) -> None:
-    """The station's ALSA default: each play's PCM into a file of its own, on to the sink."""
-    home = station.directory / "home"
-    (home / ".asoundrc").write_text(
-        f'pcm.loa_card {{\n type pulse\n server "unix:{socket}"\n}}\n'
-        'pcm.!default {\n type file\n slave.pcm "loa_card"\n'
-        f' file "{home / "speaker.raw"}"\n format "raw"\n truncate false\n}}\n'
-    )
-
-
 def plays(station: StationProcess) -> list[Path]:
     """One file per play (per opening of the card), in the order they were opened."""
-
-    def number(path: Path) -> int:
-        suffix = path.name[len("speaker.raw") :]
-        return int(suffix[1:]) if suffix else 0
-
-    return sorted((station.directory / "home").glob("speaker.raw*"), key=number)
+    return paced_plays(station.capture)
 
 
 def on_card(station: StationProcess, hz: float, seconds: float) -> bool:
@@ -333,7 +290,9 @@ def rig(
             text = text.replace(old, new)
         toml.write_text(text)
         if paced:
-            use_paced_card(station, stack.enter_context(paced_card(tmp_path / "pulse")))
+            use_paced_card(
+                station.directory / "home", stack.enter_context(paced_card(tmp_path / "pulse"))
+            )
         db_path = tmp_path / "province" / "registry.db"
         reader = Registry(db_path)
         stack.callback(reader.close)
