@@ -19,6 +19,7 @@ from agent.core.models import Keyring
 from agent.core.timefmt import parse_rfc3339
 from hal.files import atomic_write
 from province import (
+    cli_broadcast,
     cli_collect,
     cli_demo,
     cli_enroll,
@@ -45,6 +46,7 @@ EXTENSIONS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]],
     cli_time.register,
     cli_stations.register,
     httt_export.register,
+    cli_broadcast.register,
 ]
 
 
