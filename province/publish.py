@@ -94,6 +94,8 @@ class Publisher:
             raise ProvinceError(f"the operator's identity: {exc}") from exc
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        self._acks: dict[int, ReasonCode] = {}  # mid -> the PUBACK's reason (MQTT 5)
         self._client = client
 
     def __enter__(self) -> Publisher:
@@ -124,6 +126,20 @@ class Publisher:
         info.wait_for_publish(self._timeout)
         if not info.is_published():
             raise ProvinceError(f"the broker did not acknowledge {outgoing.topic}")
+        # A PUBACK is not a delivery: mosquitto answers "Not authorized" and drops a message
+        # its ACL refuses, and paho calls that published.
+        reason = self._acks.pop(info.mid, None)
+        if reason is not None and reason.is_failure:
+            raise ProvinceError(
+                f"the broker refused {outgoing.topic}: {reason} (is this identity in the ACL? "
+                "`loa-province acl`, then reload the broker)"
+            )
+
+    def _on_publish(
+        self, client: Client, userdata: Any, mid: int, reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:  # fmt: skip
+        self._acks[mid] = reason
 
     def _on_connect(
         self, client: Client, userdata: Any, flags: ConnectFlags, reason: ReasonCode,
