@@ -300,6 +300,7 @@ class Station:
                 self._check_clock_jump()
                 self._summarise_floods()
                 self._follow_clock_trust()
+                self._retry_emergency_clips()
 
     def _on_received(self, message: Received) -> None:
         station = self.config.station
@@ -451,14 +452,42 @@ class Station:
         self.media.fetch_now(media)
 
     def _emergency_clip_done(self, done: MediaDone) -> None:
-        waiting = self._awaiting_clip.pop(done.media.sha256, [])
-        now = self.clock.now()
-        for occurrence in waiting:
-            if done.error is None and occurrence.end is not None and now < occurrence.end:
+        """The clip came (it sounds now), or its fetch failed: while the emergency is valid the
+        fetch is tried again (a 503 from a server a thousand stations hit at once must not
+        silence the ones that got it), after the media workers' backoff."""
+        valid = self._still_valid(self._awaiting_clip.pop(done.media.sha256, []))
+        if not valid:
+            return
+        if done.error is None:
+            for occurrence in valid:
                 self.programme.cut_in(occurrence)
+            return
+        self._awaiting_clip[done.media.sha256] = valid
+        detail = f"{done.code}: {done.error}"[:300]
+        for occurrence in valid:
+            fields = {"id": emergency.command_id(occurrence.slot_id), "url": done.media.url}
+            self._event("emergency", "emergency-fetch-retry", detail, fields)
+
+    def _still_valid(self, waiting: list[Occurrence]) -> list[Occurrence]:
+        """Those not expired; the others get their as-run (failed) now."""
+        now = self.clock.now()
+        valid = [o for o in waiting if o.end is not None and now < o.end]
+        for occurrence in waiting:
+            if occurrence not in valid:
+                reason = "expired before its clip could be fetched"
+                self._asrun(Outcome(occurrence, "failed", reason))
+        return valid
+
+    def _retry_emergency_clips(self) -> None:
+        """Fetch again what waiting emergencies need (the workers' backoff decides when);
+        give up on those whose expiry has passed."""
+        for sha, waiting in list(self._awaiting_clip.items()):
+            valid = self._still_valid(waiting)
+            if not valid:
+                del self._awaiting_clip[sha]
                 continue
-            reason = (done.code or "media-error") if done.error else "expired while its clip came"
-            self._asrun(Outcome(occurrence, "failed", reason))
+            self._awaiting_clip[sha] = valid
+            self.media.fetch_missing([(-1.0, valid[0].items[0])])
 
     def _cancel(self, reference: object, by: str) -> None:
         if not isinstance(reference, str):

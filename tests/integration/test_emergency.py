@@ -245,3 +245,18 @@ def test_emergencies_that_must_not_sound_stay_silent(scene: Scene, operator: Rec
     assert [e["id"] for e in events(operator, "emergency-started")] == ["e-once-1"]
     alarm = [w for w in heard(scene.proc.capture) if w and abs(w - 1000) <= 20]
     assert runs(heard(scene.proc.capture), 1000) == 1 and len(alarm) <= 6  # one 1 s clip
+
+
+def test_a_failed_clip_fetch_is_retried_while_the_emergency_is_valid(
+    scene: Scene, operator: Recorder
+) -> None:
+    # The media server is overloaded (503) when the emergency arrives, and recovers.
+    command = scene.emergency("e-busy-1", repeat=1)
+    scene.server.add("/alarm.mp3", b"busy", status=503, retry_after="1")
+    operator.publish(COMMUNE_CMD, command)
+    wait_until(lambda: bool(events(operator, "emergency-fetch-retry")), "the failed fetch")
+    assert not events(operator, "emergency-ended")  # not given up
+    scene.server.add("/alarm.mp3", scene.alarm)
+    wait_until(lambda: bool(events(operator, "emergency-ended")), "the emergency, late")
+    assert [e["id"] for e in events(operator, "emergency-started")] == ["e-busy-1"]
+    assert events(operator, "emergency-ended")[0]["outcome"] == "complete"
