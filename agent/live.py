@@ -192,6 +192,9 @@ class LiveRelay:
         session = _Session(number, command, url, machine, receiver)
         self._session = session
         self._apply(session, machine.start(now_mono))
+        if machine.state is policy.State.IDLE:  # expired before it could start
+            receiver.close()
+            self._session = None
 
     def stop(self, command: Command) -> None:
         """``live_stop``: the live relay it ``references``, or whichever is on."""

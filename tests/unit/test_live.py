@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from agent.config import LiveConfig
 from agent.core import live
 from agent.core.live import (
     Connect,
@@ -32,12 +33,12 @@ from agent.core.live import (
     Stopped,
     Tick,
 )
-from agent.core.models import MediaRef
+from agent.core.models import Command, MediaRef
 from agent.core.planner import Occurrence
-from agent.live import refusal
+from agent.live import LiveRelay, LiveSignalled, LiveWake, refusal
 from agent.player import Player, PlayItem, PlayResult, RelayTestResult
 from agent.programme import Outcome, Programme
-from hal.live_source import LiveReceiver, StreamWatch, scale_pcm
+from hal.live_source import LiveReceiver, LiveSignal, StreamWatch, scale_pcm
 from hal.relays import GpioRelays
 from tests.unit.test_player import RecordingSink, ScriptedSource, make_player, request
 
@@ -436,3 +437,152 @@ def test_a_live_stretch_cut_in_on_rejoins_the_stream(mock_pins: Any, fake_clock:
     )  # fmt: skip
     player.close()
     relays.close()
+
+
+# -- the runtime glue (agent/live.py) with a fake receiver, programme and clock ---------------
+
+
+class FakeReceiver:
+    def __init__(self) -> None:
+        self.gain = 1.0
+        self.log: list[str] = []
+        self.generation = 0
+
+    def connect(self) -> int:
+        self.generation += 1
+        self.log.append("connect")
+        return self.generation
+
+    def disconnect(self) -> None:
+        self.log.append("disconnect")
+
+    def close(self) -> None:
+        self.log.append("close")
+
+    def source(self, gain: float) -> ScriptedSource:
+        raise AssertionError("not played here")
+
+
+class FakeProgramme:
+    def __init__(self) -> None:
+        self.cut_ins: list[Occurrence] = []
+        self.ended: list[tuple[str, str]] = []
+
+    def cut_in(self, occurrence: Occurrence) -> None:
+        self.cut_ins.append(occurrence)
+
+    def end(self, key: str, reason: str) -> bool:
+        self.ended.append((key, reason))
+        return True
+
+
+class Glue:
+    def __init__(self, clock: Any, **config: Any) -> None:
+        self.clock = clock
+        self.receiver = FakeReceiver()
+        self.programme = FakeProgramme()
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.inbox: list[Any] = []
+        settings = {"allowed_hosts": ("127.0.0.1",), "allow_http": True, "hold_s": 10.0,
+                    "retry_s": 5.0, "retry_max_s": 40.0, "stable_s": 15.0, **config}  # fmt: skip
+        self.relay = LiveRelay(
+            LiveConfig(**settings), clock, self.programme,  # type: ignore[arg-type]
+            self.inbox.append, lambda code, detail, fields: self.events.append((code, fields)),
+            lambda occurrence: 80, default_volume=80,
+            receiver_factory=lambda url, fmt, on_signal: self.receiver, jitter=lambda: 1.0,
+        )  # fmt: skip
+
+    def command(self, cid: str, action: str, **fields: Any) -> Command:
+        now = self.clock.now()
+        return Command(cid, "25", "25/08230", now - timedelta(seconds=1),
+                       now + timedelta(minutes=10), action, fields)  # fmt: skip
+
+    def signal(self, kind: str, detail: str | None = None) -> None:
+        session = self.relay._session
+        assert session is not None
+        signal = LiveSignal(self.receiver.generation, kind, self.clock.monotonic(), detail)
+        self.relay.on_signal(LiveSignalled(session.number, signal))
+
+    def wake_after(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+        session = self.relay._session
+        assert session is not None
+        self.relay.on_wake(LiveWake(session.number))
+
+    def codes(self) -> list[str]:
+        return [code for code, _ in self.events]
+
+
+def test_glue_refuses_what_it_may_not_relay(fake_clock: Any) -> None:
+    glue = Glue(fake_clock, allow_http=False)
+    glue.relay.start(glue.command("l-1", "live_start",
+                                  stream={"url": "http://127.0.0.1:8000/a.mp3"}), ())  # fmt: skip
+    vov = glue.command("l-2", "live_start", stream={"url": "https://live.vov.vn/a"})
+    glue.relay.start(vov, ("live.vov.vn",))  # the keyring's hosts count too
+    assert [(c, f["id"]) for c, f in glue.events] == [
+        ("live-refused", "l-1"), ("live-started", "l-2"),
+    ]  # fmt: skip
+    assert "plain http" in glue.events[0][1]["reason"]
+    glue.relay.stop(glue.command("ls-1", "live_stop", references="l-other"))
+    assert glue.events[-1][0] == "live-refused" and glue.relay.active
+    glue.relay.close()
+
+
+def test_glue_carries_a_fallback_and_return_to_the_programme(fake_clock: Any) -> None:
+    glue = Glue(fake_clock)
+    url = "http://127.0.0.1:8000/a.mp3"
+    glue.relay.start(glue.command("l-1", "live_start", stream={"url": url}, zones=["north"]), ())
+    first = glue.programme.cut_ins[0]
+    assert first.slot_id == "live:l-1" and first.priority == 80 and first.zones == ("north",)
+    assert first.items[0].sha256 == "unverified-live-stream" and glue.receiver.gain == 0.8
+    glue.signal("flowing")
+    glue.signal("ended", "the stream ended")
+    glue.wake_after(5)  # a reconnect inside the hold time, refused at once
+    glue.signal("ended", "Connection refused")
+    glue.wake_after(5)  # the hold time is over: the schedule
+    assert glue.codes() == ["live-started", "live-stalled", "live-fallback"]
+    assert glue.programme.ended[0][0] == first.key
+    # The as-run of the stretch says how it ended, whatever the player saw.
+    cut = Outcome(first, "partial", "the cut's reason", played_s=12.0)
+    told = glue.relay.finished(cut)
+    assert (told.outcome, told.reason) == (
+        "partial", "the stream's connection ended: Connection refused: fell back to the schedule",
+    )  # fmt: skip
+    glue.wake_after(10)  # retry (the third failure in a row waits 10 s)
+    glue.signal("flowing")
+    glue.wake_after(15)
+    assert glue.codes()[-1] == "live-resumed" and len(glue.programme.cut_ins) == 2
+    glue.relay.stop(glue.command("ls-1", "live_stop", references="l-1"))
+    second = glue.programme.cut_ins[1]
+    done = glue.relay.finished(Outcome(second, "partial", "cut", played_s=3.0))
+    assert (done.outcome, done.reason) == ("complete", "stopped by ls-1")
+    assert glue.codes()[-1] == "live-stopped" and not glue.relay.active
+    assert glue.receiver.log.count("connect") == 3 and glue.receiver.log[-1] == "close"
+    # Signals of a session that is over change nothing.
+    glue.relay.on_signal(LiveSignalled(1, LiveSignal(3, "flowing", 0.0)))
+    assert glue.codes()[-1] == "live-stopped"
+
+
+def test_glue_ends_the_session_when_its_stretch_ends_unasked(fake_clock: Any) -> None:
+    glue = Glue(fake_clock)
+    glue.relay.start(glue.command("l-1", "live_start",
+                                  stream={"url": "http://127.0.0.1:8000/a.mp3"}), ())  # fmt: skip
+    stretch = glue.programme.cut_ins[0]
+    glue.signal("flowing")
+    done = glue.relay.finished(Outcome(stretch, "partial", "slot end reached", played_s=600))
+    assert (done.outcome, done.reason) == ("complete", "its expiry was reached")
+    assert glue.codes()[-1] == "live-stopped" and not glue.relay.active
+    glue.relay.start(glue.command("l-2", "live_start",
+                                  stream={"url": "http://127.0.0.1:8000/a.mp3"}), ())  # fmt: skip
+    failed = glue.relay.finished(Outcome(glue.programme.cut_ins[1], "failed", "audio: card gone"))
+    assert failed.outcome == "failed" and not glue.relay.active
+
+
+def test_glue_a_command_that_expired_on_the_way_leaves_nothing_on(fake_clock: Any) -> None:
+    glue = Glue(fake_clock)
+    now = fake_clock.now()
+    late = Command("l-9", "25", "25/08230", now - timedelta(minutes=2), now, "live_start",
+                   {"stream": {"url": "http://127.0.0.1:8000/a.mp3"}})  # fmt: skip
+    glue.relay.start(late, ())
+    assert glue.codes() == ["live-stopped"] and not glue.relay.active
+    assert glue.programme.cut_ins == [] and glue.receiver.log == ["close"]
