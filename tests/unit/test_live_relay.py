@@ -1,5 +1,9 @@
-"""The live relay's state machine (agent/core/live.py) on a fake clock: times are plain numbers
-passed in, nothing sleeps. Hold 10 s, first retry 5 s doubling to 40 s, stable 15 s."""
+"""The live relay without a network: its state machine (agent/core/live.py) on a fake clock
+(times are plain numbers passed in, nothing sleeps; hold 10 s, first retry 5 s doubling to 40 s,
+stable 15 s), the stream watchdog's rule and the ffmpeg command (hal/live_source.py), the URL
+check and the glue (agent/live.py) with fakes, and the player's and programme's hooks (a relay
+test, a live stretch cut in on). Named apart from tests/integration/test_live.py: the two test
+directories are not packages, and pytest cannot collect two modules of one basename."""
 
 from __future__ import annotations
 
