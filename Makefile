@@ -56,6 +56,8 @@ bench: venv
 	$(BIN)/python -m bench.memory_60min
 	$(BIN)/python -m bench.prefetch
 	$(BIN)/python -m bench.cache_scan
+	$(BIN)/python -m bench.telemetry_bytes
+	$(BIN)/python -m bench.collector_ingest
 	$(BIN)/python -m bench.emergency_fanout
 	$(BIN)/python -m bench.report
 
