@@ -10,13 +10,12 @@ source is back and has flowed for ``stable_s``, and ends at ``live_stop``.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,12 +25,13 @@ import pytest
 
 from agent.core.timefmt import format_rfc3339
 from agent.schemas import load_schema_set
-from hal.audio import FRAME_BYTES, SAMPLE_RATE
-from tests.harness.audio import analyse_pcm, make_tone
+from tests.harness.audio import make_tone
 from tests.harness.broker import MosquittoBroker, Recorder
 from tests.harness.media_server import MediaServer
-from tests.harness.paced_card import paced_card, plays, use_paced_card
+from tests.harness.paced_card import paced_card, use_paced_card
 from tests.harness.station_proc import StationProcess, provision_station
+from tests.harness.station_watch import events as station_events
+from tests.harness.station_watch import heard, reports, runs, wait_until
 from tests.harness.trust import envelope, playlist_body
 
 pytestmark = pytest.mark.integration
@@ -39,8 +39,6 @@ STATION = "25/08230/08230-01"
 PREFIX = f"loa/v1/{STATION}"
 COMMUNE_CMD = "loa/v1/25/08230/cmd"
 HANOI = ZoneInfo("Asia/Ho_Chi_Minh")
-WAIT_S = 30.0
-WINDOW_S = 0.2
 HOLD_S, STABLE_S = 4.0, 3.0
 LIVE_CONFIG = f"""
 [live]
@@ -53,64 +51,20 @@ stable_s = {STABLE_S}
 """
 
 
+def events(operator: Recorder, code: str | None = None) -> list[dict[str, Any]]:
+    return station_events(operator, PREFIX, code)
+
+
+def asruns(operator: Recorder) -> list[dict[str, Any]]:
+    return reports(operator, PREFIX, "asrun")
+
+
 @pytest.fixture
 def operator(mqtt_connect: Any) -> Iterator[Recorder]:
     recorder: Recorder = mqtt_connect("province-25")
     recorder.subscribe(f"{PREFIX}/#")
     yield recorder
     recorder.publish(f"{PREFIX}/state", b"", retain=True)
-
-
-def events(operator: Recorder, code: str | None = None) -> list[dict[str, Any]]:
-    seen: dict[int, dict[str, Any]] = {}
-    for m in list(operator.messages):
-        if m.topic == f"{PREFIX}/telemetry/event":
-            doc = json.loads(m.payload)
-            if code is None or doc["code"] == code:
-                seen[doc["seq"]] = doc
-    return [seen[s] for s in sorted(seen)]
-
-
-def asruns(operator: Recorder) -> list[dict[str, Any]]:
-    seen: dict[int, dict[str, Any]] = {}
-    for m in list(operator.messages):
-        if m.topic == f"{PREFIX}/telemetry/asrun":
-            doc = json.loads(base64.b64decode(json.loads(m.payload)["payload"]))
-            seen[doc["seq"]] = doc
-    return [seen[s] for s in sorted(seen)]
-
-
-def wait_until(done: Callable[[], bool], what: str, timeout: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.05)
-
-
-def heard(capture: Path) -> list[float | None]:
-    """The tone of each 0.2 s window of what the station played, play after play (rounded to
-    10 Hz; None for quiet); a None between plays."""
-    step = int(WINDOW_S * SAMPLE_RATE) * FRAME_BYTES
-    found: list[float | None] = []
-    for play in plays(capture):
-        pcm = play.read_bytes()
-        for at in range(0, len(pcm) - step + 1, step):
-            report = analyse_pcm(pcm[at : at + step])
-            loud = report.dbfs is not None and report.dbfs > -40
-            found.append(round(report.freq_hz, -1) if loud and report.freq_hz else None)
-        found.append(None)
-    return found
-
-
-def runs(windows: list[float | None], freq: int) -> int:
-    """How many separate stretches of ``freq`` there are."""
-    count, inside = 0, False
-    for window in windows:
-        here = window is not None and abs(window - freq) <= 20
-        count += here and not inside
-        inside = here
-    return count
 
 
 def free_port() -> int:
