@@ -18,9 +18,11 @@ from pathlib import Path
 from types import FrameType
 
 from agent.core.timefmt import format_rfc3339
+from agent.link import TlsFiles
 from province import signing_log
 from province.errors import ProvinceError
 from province.home import default_home, open_home_registry, registry_province
+from province.operators import ensure_identity, identity_cn, identity_files
 from province.publish import Publisher, operator_tls, route
 from province.signer import open_signer
 from province.signing import canonical_json, sign_body, signed_record
@@ -38,6 +40,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--key", required=True, help="maintenance key (file or signer spec)")
     parser.add_argument("--every", type=float, default=60.0, help="seconds between beacons")
     parser.add_argument("--once", action="store_true", help="publish one beacon and exit")
+    parser.add_argument(
+        "--identity",
+        metavar="NAME",
+        help="connect as HOME/operator/NAME.crt (issued on first use; regenerate the ACL after):"
+        " beside a collector using the operator's certificate, the two would take each "
+        "other's connection over",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -61,7 +70,12 @@ def run(args: argparse.Namespace) -> int:
         datetime.now(UTC),
     )  # fmt: skip
     sent = 0
-    with Publisher(args.broker, operator_tls(args.home), f"province-{province}-time") as out:
+    tls = operator_tls(args.home)
+    if args.identity is not None:
+        ensure_identity(args.home, province, args.identity)
+        cert, key = identity_files(args.home, args.identity)
+        tls = TlsFiles(tls.ca, cert, key)
+    with Publisher(args.broker, tls, identity_cn(province, args.identity)) as out:
         while True:
             now = datetime.now(UTC)
             envelope = sign_body(beacon_body(province, now), [signer])
