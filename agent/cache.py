@@ -43,7 +43,6 @@ import fcntl
 import hashlib
 import http.client
 import json
-import math
 import os
 import random
 import re
@@ -57,6 +56,7 @@ from pathlib import Path
 from typing import IO, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
+from agent.core.backoff import full_jitter
 from agent.core.codes import Code
 
 __all__ = [
@@ -204,15 +204,7 @@ def next_delay(
     same link do not come back in step; never less than the server's ``retry_after_s``, even
     when that is past ``cap_s``. Pure: the randomness comes from ``rng``.
     """
-    if attempt < 0:
-        raise ValueError("attempt must not be negative")
-    if base_s <= 0 or cap_s <= 0:
-        raise ValueError("base_s and cap_s must be positive")
-    ceiling = min(cap_s, base_s * math.ldexp(1.0, min(attempt, 1000)))
-    delay = rng.uniform(0.0, ceiling)
-    if retry_after_s is not None:
-        delay = max(delay, retry_after_s)
-    return delay
+    return full_jitter(attempt, rng, base_s=base_s, cap_s=cap_s, at_least_s=retry_after_s)
 
 
 def _check_sha256(sha256: str) -> None:

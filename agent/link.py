@@ -30,6 +30,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from agent.core.backoff import full_jitter
 from agent.core.targets import StationId
 
 
@@ -109,9 +110,7 @@ def reconnect_delay(
     """Seconds to wait before reconnect ``attempt`` (0 for the first after a drop): uniform
     between a floor and ``base * 2**attempt`` capped ("full jitter"). Even the first wait is
     random: when a broker restarts every station loses it in the same instant."""
-    ceiling = min(cap_s, base_s * 2 ** min(attempt, 30))
-    floor = min(0.5, ceiling)
-    return rng.uniform(floor, ceiling)
+    return full_jitter(attempt, rng, base_s=base_s, cap_s=cap_s, floor_s=0.5)
 
 
 def tls_client(client_id: str, tls: TlsFiles, *, reconnect_on_failure: bool = True) -> Client:
