@@ -87,11 +87,14 @@ class Outbox:
         now: datetime,
         *,
         occurrence: tuple[str, str] | None = None,
+        on_air: tuple[str, datetime] | None = None,
     ) -> Report:
         """Allocate the next ``seq`` of ``kind``, build the payload with it, store both.
 
         ``occurrence`` (key, outcome): an as-run, booked as reported in the same transaction,
-        so no crash can leave a report whose occurrence a restart would report again."""
+        so no crash can leave a report whose occurrence a restart would report again.
+        ``on_air`` (key, started_at): ``mark_on_air`` in the same transaction (an emergency's
+        "started" event: one commit where there were two)."""
         if kind not in KINDS:
             raise ValueError(f"unknown report kind {kind!r}")
         db = self._db
@@ -110,6 +113,8 @@ class Outbox:
             )
             if occurrence is not None:
                 self._book(*occurrence, now)
+            if on_air is not None:
+                self._mark_on_air(*on_air)
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             if db.in_transaction:
@@ -162,9 +167,12 @@ class Outbox:
         """An occurrence began to sound: if the station dies before its as-run, the restart
         knows it was on air (and reports it cut short) rather than never started."""
         with self._db:
-            self._db.execute(
-                "INSERT OR IGNORE INTO on_air VALUES (?, ?)", (key, started_at.isoformat())
-            )
+            self._mark_on_air(key, started_at)
+
+    def _mark_on_air(self, key: str, started_at: datetime) -> None:
+        self._db.execute(
+            "INSERT OR IGNORE INTO on_air VALUES (?, ?)", (key, started_at.isoformat())
+        )
 
     def forget_on_air(self, keys: list[str]) -> None:
         with self._db:

@@ -311,7 +311,14 @@ class Station:
         if message.topic == f"{station.prefix}/ack":
             self._on_ack(message.payload)
             return
-        verdict = self._verify(message.topic, message.payload)
+        verdict = self.ingestor.ingest(message.payload, message.topic)
+        if isinstance(verdict, Accepted) and isinstance(verdict.message, Command):
+            # The loudspeaker first, the paperwork after: an emergency cuts in before its
+            # verdict event is written (an outbox commit, an fsync on an SD card).
+            self._on_command(verdict, verdict.message)
+            self._report_verdict(message.topic, verdict)
+            return
+        self._report_verdict(message.topic, verdict)
         if isinstance(verdict, Rejection):
             if message.retained and verdict.code in WAIT_FOR_KEYRING:
                 self._hold(message.topic, message.payload)
@@ -320,12 +327,14 @@ class Station:
             self._retry_held()
         if isinstance(verdict.message, Playlist) and not verdict.noop:
             self._reload_playlists()
-        elif isinstance(verdict.message, Command):
-            self._on_command(verdict, verdict.message)
 
     def _verify(self, topic: str, payload: bytes) -> Verdict:
         """One envelope through the trust core, and the event that says what became of it."""
         verdict = self.ingestor.ingest(payload, topic)
+        self._report_verdict(topic, verdict)
+        return verdict
+
+    def _report_verdict(self, topic: str, verdict: Verdict) -> None:
         fields = {"topic": topic}
         # Rejections and repeats of what is held already are what a flood is made of: only the
         # first few per code and minute are reported one by one (section 7), the rest counted.
@@ -334,7 +343,7 @@ class Station:
         else:
             gate_code = "accepted-noop" if verdict.noop else ""
         if gate_code and not self.flood.admit(gate_code, self.clock.monotonic()):
-            return verdict
+            return
         if isinstance(verdict, Rejection):
             fields["payload_kind"] = verdict.kind or "unknown"
             self._event("envelope", str(verdict.code), verdict.detail, fields)
@@ -345,7 +354,6 @@ class Station:
                 "label": verdict.label,
             }
             self._event("envelope", "accepted", verdict.line(), fields)
-        return verdict
 
     def _follow_clock_trust(self) -> None:
         """The time beacon only while the clock is untrusted (section 9): a trusted station
@@ -511,11 +519,12 @@ class Station:
         occurrence = self.programme.plan.get(started.key)
         if occurrence is None:
             return
-        try:
-            self.outbox.mark_on_air(occurrence.key, self.clock.now())
-        except sqlite3.Error as exc:
-            log.error("cannot record %s on air: %s", occurrence.key, exc)
+        on_air = (occurrence.key, self.clock.now())
         if not emergency.is_emergency(occurrence.slot_id):
+            try:
+                self.outbox.mark_on_air(*on_air)
+            except sqlite3.Error as exc:
+                log.error("cannot record %s on air: %s", occurrence.key, exc)
             return
         first = started.index == 0
         self._event(
@@ -525,6 +534,7 @@ class Station:
             {"id": emergency.command_id(occurrence.slot_id), "repetition": started.index + 1,
              "of": len(occurrence.items), "volume": occurrence.volume,
              "zones": list(occurrence.zones)},
+            on_air=on_air,
         )  # fmt: skip
 
     # live relay and station commands (issue 9) -------------------------------------------------
@@ -858,7 +868,13 @@ class Station:
         return sensed if relay is None else relay and sensed
 
     def _event(
-        self, event: str, code: str | None, detail: str, fields: dict[str, Any] | None = None
+        self,
+        event: str,
+        code: str | None,
+        detail: str,
+        fields: dict[str, Any] | None = None,
+        *,
+        on_air: tuple[str, datetime] | None = None,
     ) -> None:
         station, session, now = self.config.station, self.session, self.clock.now()
         # Every event carries the trust alerts (keyring expired, clock untrusted) while they last.
@@ -868,6 +884,7 @@ class Station:
             lambda seq: to_bytes(
                 event_body(station, seq, session, now, event, code, detail, framed)
             ),
+            on_air=on_air,
         )
 
     def _heartbeat(self) -> None:
@@ -889,10 +906,13 @@ class Station:
         build: Callable[[int], bytes],
         *,
         occurrence: tuple[str, str] | None = None,
+        on_air: tuple[str, datetime] | None = None,
     ) -> None:
         topic = f"{self.config.station.prefix}/telemetry/{kind}"
         try:
-            report = self.outbox.append(kind, topic, build, self.clock.now(), occurrence=occurrence)
+            report = self.outbox.append(
+                kind, topic, build, self.clock.now(), occurrence=occurrence, on_air=on_air
+            )
         except OutboxError as exc:
             log.error("report lost to a failing outbox: %s", exc)
             return

@@ -12,6 +12,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
@@ -27,6 +28,7 @@ from agent.core.trust_state import (
     Stream,
     StreamRecord,
     TrustState,
+    apply,
 )
 
 _SCHEMA = """
@@ -52,6 +54,10 @@ class TrustStore:
         self.path = path
         self._writes = 0
         self._cached: tuple[tuple[int, int], TrustState] | None = None
+        # What ``persist`` wrote in the open transaction, and when: on commit the cached
+        # snapshot moves forward by the same effects (``trust_state.apply``) instead of being
+        # read back, which would cost every remembered command id per accepted command.
+        self._written: list[tuple[tuple[Effect, ...], datetime]] = []
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None)
@@ -77,20 +83,34 @@ class TrustStore:
             self._db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             raise StoreError(f"state database is locked or unwritable: {exc}") from exc
+        self._written = []
         try:
-            yield self._load()
+            state = self._load()
+            yield state
         except BaseException:
-            self._db.execute("ROLLBACK")
+            self._rollback()
             raise
         try:
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
-            self._db.execute("ROLLBACK")
+            self._rollback()
             raise StoreError(f"cannot commit state: {exc}") from exc
+        if self._written and self._cached is not None:
+            for effects, now in self._written:
+                state = _forget_expired(apply(state, effects), now)
+            # Our own commit leaves PRAGMA data_version as it was; ``_writes`` moved.
+            self._cached = ((self._cached[0][0], self._writes), state)
+        self._written = []
+
+    def _rollback(self) -> None:
+        self._written = []  # the cache moves only on commit
+        self._db.execute("ROLLBACK")
 
     def snapshot(self) -> TrustState:
         """The current state for reading (heartbeats, events): no write lock taken."""
         try:
+            if self._cached is not None and self._cached[0] == self._version():
+                return self._cached[1]  # every event asks: one PRAGMA, no transaction
             self._db.execute("BEGIN")
             try:
                 return self._load()
@@ -103,6 +123,7 @@ class TrustStore:
         """Write effects; call inside ``transaction()``. Expired command ids are forgotten."""
         stamp = now.isoformat()
         self._writes += 1  # our own commits do not move PRAGMA data_version
+        self._written.append((effects, now))
         try:
             for effect in effects:
                 self._write(effect, stamp)
@@ -153,12 +174,15 @@ class TrustStore:
     def _load(self) -> TrustState:
         """The snapshot, re-read only when this or another connection changed the database
         (every event and heartbeat asks; parsing the keyring each time would be waste)."""
-        key = (_data_version(self._db), self._writes)
+        key = self._version()
         if self._cached is not None and self._cached[0] == key:
             return self._cached[1]
         state = self._read()
         self._cached = (key, state)
         return state
+
+    def _version(self) -> tuple[int, int]:
+        return (_data_version(self._db), self._writes)
 
     def _read(self) -> TrustState:
         db = self._db
@@ -204,6 +228,14 @@ class TrustStore:
         """The verified bodies of the playlists in force, for the planner."""
         rows = self._db.execute("SELECT issuer, target, body FROM playlist")
         return {(issuer, target): bytes(body) for issuer, target, body in rows}
+
+
+def _forget_expired(state: TrustState, now: datetime) -> TrustState:
+    """What ``persist``'s DELETE does to the command ids, on the snapshot."""
+    if all(expires > now for expires in state.commands.values()):
+        return state
+    kept = {cid: expires for cid, expires in state.commands.items() if expires > now}
+    return replace(state, commands=MappingProxyType(kept))
 
 
 def _utc(moment: datetime) -> str:

@@ -27,11 +27,18 @@ import subprocess
 import sys
 import tempfile
 import threading
+import warnings
 from array import array
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Protocol
+
+with contextlib.suppress(ImportError), warnings.catch_warnings():
+    # audioop is deprecated in 3.11 and gone in 3.13; where it is, its C loop measures a chunk
+    # about twenty times faster than the pure-Python one (and without holding the GIL as long).
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import audioop
 
 SAMPLE_RATE = 48000
 CHANNELS = 2
@@ -546,8 +553,25 @@ def _samples(pcm: bytes) -> array[int]:
 
 
 def _sum_of_squares(samples: array[int]) -> int:
-    # map(mul) keeps the loop in C: 0.3 ms per 100 ms chunk on a desktop, so a Pi copes.
+    # map(mul) keeps the loop in C: 0.3 ms per 100 ms chunk on a desktop.
     return sum(map(operator.mul, samples, samples))
+
+
+# Below this RMS (about -54 dBFS) audioop's integer result is too coarse for a level in dB.
+_COARSE_RMS = 64
+
+
+def _chunk_sum_of_squares(pcm: bytes) -> tuple[int, int]:
+    """(sum of squares, sample count) of s16le PCM; audioop's C loop where it exists and the
+    chunk is loud enough for its integer RMS, the exact pure-Python sum otherwise."""
+    if len(pcm) % SAMPLE_WIDTH:
+        raise ValueError(f"s16le PCM must have an even length, got {len(pcm)} bytes")
+    count = len(pcm) // SAMPLE_WIDTH
+    if "audioop" in globals() and sys.byteorder == "little" and count:
+        rms = audioop.rms(pcm, SAMPLE_WIDTH)
+        if rms >= _COARSE_RMS:
+            return rms * rms * count, count
+    return _sum_of_squares(_samples(pcm)), count
 
 
 def _dbfs(sum_of_squares: int, count: int) -> float | None:
@@ -560,8 +584,7 @@ def _dbfs(sum_of_squares: int, count: int) -> float | None:
 def pcm_rms_dbfs(pcm: bytes) -> float | None:
     """RMS level of s16le PCM (all channels together) in dBFS: a full-scale square wave is
     0 dBFS, a full-scale sine -3 dBFS. ``None`` for empty input or digital silence."""
-    samples = _samples(pcm)
-    return _dbfs(_sum_of_squares(samples), len(samples))
+    return _dbfs(*_chunk_sum_of_squares(pcm))
 
 
 class LevelMeter:
@@ -572,9 +595,9 @@ class LevelMeter:
         self._count = 0
 
     def add(self, pcm: bytes) -> None:
-        samples = _samples(pcm)
-        self._sum_of_squares += _sum_of_squares(samples)
-        self._count += len(samples)
+        squares, count = _chunk_sum_of_squares(pcm)
+        self._sum_of_squares += squares
+        self._count += count
 
     def dbfs(self) -> float | None:
         return _dbfs(self._sum_of_squares, self._count)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
@@ -51,6 +52,10 @@ class ScriptedSource:
             yield CHUNK
             self.clock.advance(0.1)
             sent += 1
+            if self.count is None:
+                # An endless source is paced like a card (2 ms a chunk, not 100): running free,
+                # the playback thread plays minutes of fake audio before the test's next step.
+                time.sleep(0.002)
 
     def close(self) -> None:
         self.closed = True
