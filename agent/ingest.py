@@ -34,6 +34,11 @@ class Ingestor:
     # The kernel's word on clock sync (adjtimex); tests give their own answer.
     kernel_synchronised: Callable[[], bool] = field(default=kernel_clock_synchronised)
 
+    def __post_init__(self) -> None:
+        # Compiling the validators takes a Pi a good part of a second: at start, not when the
+        # first emergency is waiting for its verdict.
+        load_schema_set()
+
     def clock_view(self) -> ClockView:
         synchronised = self.config.clock_trust == "system" or self.kernel_synchronised()
         return ClockView(self.clock.now(), synchronised)

@@ -15,6 +15,8 @@ at ``start_at`` (the sink's own output latency is subtracted).
 
 from __future__ import annotations
 
+import logging
+import queue
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
@@ -29,6 +31,7 @@ from hal.capture import LevelProbe, SilenceWatch
 from hal.relays import RelayError, Relays
 
 FRAME_BYTES = CHANNELS * SAMPLE_WIDTH
+log = logging.getLogger(__name__)
 
 
 class PcmSource(AbstractContextManager["PcmSource"], Protocol):
@@ -39,8 +42,75 @@ class PcmSource(AbstractContextManager["PcmSource"], Protocol):
 
 # path, linear gain, seconds into the file to start at
 DecoderFactory = Callable[[Path, float, float], PcmSource]
-# the play being replaced: its thread, its cut event, and (outcome, reason) to end it with
-Previous = tuple[threading.Thread | None, threading.Event, tuple[str, str]]
+
+
+class Running:
+    """One play (or relay test) on a playback thread: ``is_alive`` until its work returned."""
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+
+    def is_alive(self) -> bool:
+        return not self._done.is_set()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._done.wait(timeout)
+
+
+class PlaybackThreads:
+    """Daemon threads that run plays and are kept for the next one, instead of one new thread
+    per play: ``Thread.start`` waits for the new thread to be scheduled, which on a busy CPU
+    is the longest step between an emergency's verdict and its first frame. A preemption
+    overlaps two plays for a moment (the new one primes its decoder while the old sounds), so
+    there are usually two threads, never more than plays at once."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._lock = threading.Lock()
+        self._idle: list[queue.SimpleQueue[_Job | None]] = []
+        self._all: list[queue.SimpleQueue[_Job | None]] = []
+        self._started = 0
+
+    def run(self, work: Callable[[], None]) -> Running:
+        running = Running()
+        with self._lock:  # a job is only ever put where ``close`` cannot have put the end
+            if self._idle:
+                inbox = self._idle.pop()
+            else:
+                inbox = queue.SimpleQueue()
+                self._all.append(inbox)
+                self._started += 1
+                name = f"{self._name} {self._started}"
+                thread = threading.Thread(target=self._serve, args=(inbox,), name=name)
+                thread.daemon = True
+                thread.start()
+            inbox.put((work, running))
+        return running
+
+    def close(self) -> None:
+        """Let the threads end, each after what it is running; ``run`` starts new ones."""
+        with self._lock:
+            for inbox in self._all:
+                inbox.put(None)
+            self._all, self._idle = [], []
+
+    def _serve(self, inbox: queue.SimpleQueue[_Job | None]) -> None:
+        while (job := inbox.get()) is not None:
+            work, running = job
+            try:
+                work()
+            except Exception:  # what a Thread's excepthook would have printed; the thread stays
+                log.exception("playback thread: unexpected error")
+            finally:
+                running._done.set()
+            with self._lock:
+                if inbox in self._all:
+                    self._idle.append(inbox)
+
+
+_Job = tuple[Callable[[], None], Running]
+# the play being replaced: its run, its cut event, and (outcome, reason) to end it with
+Previous = tuple[Running | None, threading.Event, tuple[str, str]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +216,8 @@ class Player:
         self._warmup_s = warmup_s
         self._hold_s = hold_s
         self._amp_linger_s = amp_linger_s
-        self._thread: threading.Thread | None = None
+        self._threads = PlaybackThreads("play")
+        self._thread: Running | None = None
         self._cut = threading.Event()
         self._cut_reason: tuple[str, str] = ("partial", "")
         self._amp_lock = threading.Lock()
@@ -177,13 +248,8 @@ class Player:
         self.testing = False
         self._cut = threading.Event()
         self.current = request
-        self._thread = threading.Thread(
-            target=self._run,
-            args=(request, self._cut, previous),
-            name=f"play {request.key}",
-            daemon=True,
-        )
-        self._thread.start()
+        cut = self._cut
+        self._thread = self._threads.run(lambda: self._run(request, cut, previous))
 
     def cut(self, outcome: str, reason: str, wait_s: float = 5.0) -> None:
         """Stop the current play (outcome ``preempted`` or ``partial``) and wait for it."""
@@ -211,13 +277,10 @@ class Player:
         self._cut = threading.Event()
         self.current = None
         self.testing = True
-        self._thread = threading.Thread(
-            target=self._test,
-            args=(zones, dwell_s, read_inputs, on_result, self._cut),
-            name="relay test",
-            daemon=True,
+        cut = self._cut
+        self._thread = self._threads.run(
+            lambda: self._test(zones, dwell_s, read_inputs, on_result, cut)
         )
-        self._thread.start()
 
     def _test(
         self,
@@ -266,6 +329,7 @@ class Player:
     def close(self) -> None:
         """Safe-off: stop playing and switch everything off now, linger or not."""
         self.cut("partial", "station stopping")
+        self._threads.close()
         with self._amp_lock:
             if self._amp_timer is not None:
                 self._amp_timer.cancel()

@@ -139,8 +139,16 @@ def as_signing_key(key: SigningKey | Ed25519PrivateKey) -> SigningKey:
     return _InMemoryKey(key) if isinstance(key, Ed25519PrivateKey) else key
 
 
-def sign(payload_type: str, body: bytes, keys: Iterable[SigningKey | Ed25519PrivateKey]) -> bytes:
-    """Build a DSSE envelope (JSON bytes) signed by every key given, standard base64."""
+def sign(
+    payload_type: str,
+    body: bytes,
+    keys: Iterable[SigningKey | Ed25519PrivateKey],
+    *,
+    compact: bool = False,
+) -> bytes:
+    """Build a DSSE envelope (JSON bytes) signed by every key given, standard base64.
+    ``compact`` for the wire (a station's as-runs: no indentation bytes, and the C encoder);
+    otherwise indented, for files a person opens."""
     message = pae(payload_type, body)
     signatures = [
         {"keyid": signer.keyid, "sig": base64.b64encode(signer.sign(message)).decode("ascii")}
@@ -153,4 +161,6 @@ def sign(payload_type: str, body: bytes, keys: Iterable[SigningKey | Ed25519Priv
         "payload": base64.b64encode(body).decode("ascii"),
         "signatures": signatures,
     }
+    if compact:
+        return json.dumps(envelope, separators=(",", ":")).encode("utf-8")
     return json.dumps(envelope, indent=1).encode("utf-8") + b"\n"

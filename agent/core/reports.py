@@ -88,7 +88,8 @@ def asrun_body(station: StationId, seq: int, session: int, record: AsRun) -> dic
 def signed_asrun(
     station: StationId, seq: int, session: int, record: AsRun, key: Ed25519PrivateKey
 ) -> bytes:
-    return dsse.sign(ASRUN_TYPE, to_bytes(asrun_body(station, seq, session, record)), [key])
+    body = to_bytes(asrun_body(station, seq, session, record))
+    return dsse.sign(ASRUN_TYPE, body, [key], compact=True)
 
 
 def event_body(
