@@ -3,8 +3,14 @@ province's broker must be: mutual TLS, certificate CN as username and client id,
 generated from the registry, packet size matching the envelope cap.
 
 This module owns the config text and the process (start on a free loopback port, wait until TLS
-is accepted, reload on SIGHUP, stop); the certificates and the ACL are made by ``pki`` and
-``acl`` and handed in as files.
+is accepted, reload on SIGHUP, stop); the certificates, the CRL and the ACL are made by ``pki``,
+``revoke`` and ``acl`` and handed in as files.
+
+Revocation reaches mosquitto 2.0 by SIGHUP alone: the reload re-reads the ACL and the listener's
+TLS files, ``crlfile`` included, so a revoked certificate's next handshake fails ("certificate
+revoked") with no restart that would cut every station's connection. A revoked station already
+connected stays connected, but its ACL block is gone with the same reload, so it may neither
+publish nor receive (tests/integration/test_revoke_broker.py shows all of it).
 """
 
 from __future__ import annotations
@@ -26,6 +32,11 @@ ENVELOPE_CAP = 3 * 1024 * 1024
 MAX_PACKET_SIZE = ENVELOPE_CAP + 64 * 1024
 _POLL_S = 0.02
 _RELOAD_MARK = "Reloading config."
+# MQTT 3.1.1 CONNECT (clean session, keepalive 10 s, empty client id: the broker uses the CN),
+# the CONNACK accepting it, and DISCONNECT: the readiness probe's whole conversation.
+_PROBE_CONNECT = bytes([0x10, 12, 0, 4]) + b"MQTT" + bytes([4, 0x02, 0, 10, 0, 0])
+_CONNACK_OK = bytes([0x20, 2, 0, 0])
+_DISCONNECT = bytes([0xE0, 0])
 
 
 class BrokerError(RuntimeError):
@@ -51,6 +62,9 @@ class BrokerFiles:
     cert: Path
     key: Path
     acl: Path
+    # The CA's CRL. With it, mosquitto checks every client certificate against it, and it must
+    # always exist and be current for the CA: a missing or expired CRL fails every client.
+    crl: Path | None = None
 
 
 MAX_QUEUED_MESSAGES = 200_000  # hours of 1,000 stations' reports (~1 kB each): ~200 MB at most
@@ -85,6 +99,8 @@ def render_conf(files: BrokerFiles, host: str, port: int) -> str:
         "use_identity_as_username true",
         "use_username_as_clientid true",
     ]
+    if files.crl is not None:
+        lines.append(f"crlfile {files.crl}")
     return "\n".join(lines) + "\n"
 
 
@@ -155,6 +171,25 @@ class Mosquitto:
             self._log_file.close()
             self._log_file = None
 
+    @property
+    def pid(self) -> int:
+        """The running broker's process id (what ``loa-province revoke --broker-pid`` signals)."""
+        return self._running().pid
+
+    def reload_count(self) -> int:
+        """How many reloads the broker has logged so far (``wait_reloaded``'s starting point)."""
+        return self.log_text().count(_RELOAD_MARK)
+
+    def wait_reloaded(self, before: int, timeout: float = 10.0) -> None:
+        """Return once the broker has logged a reload beyond ``before`` (someone else, such as
+        ``loa-province revoke``, sent the SIGHUP)."""
+        process = self._running()
+        deadline = time.monotonic() + timeout
+        while self.reload_count() <= before:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise BrokerError(f"mosquitto did not reload\n{self.log_text()}")
+            time.sleep(_POLL_S)
+
     def reload(self, timeout: float = 10.0) -> None:
         """Make the running broker re-read its ACL (SIGHUP); return once it has.
 
@@ -162,13 +197,9 @@ class Mosquitto:
         is sent after this returns meets the new ACL.
         """
         process = self._running()
-        before = self.log_text().count(_RELOAD_MARK)
+        before = self.reload_count()
         process.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + timeout
-        while self.log_text().count(_RELOAD_MARK) <= before:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise BrokerError(f"mosquitto did not reload its ACL\n{self.log_text()}")
-            time.sleep(_POLL_S)
+        self.wait_reloaded(before, timeout)
 
     def log_text(self) -> str:
         if self._log_file is not None:
@@ -201,9 +232,17 @@ class Mosquitto:
             try:
                 with (
                     socket.create_connection((self.host, self.port), timeout=1.0) as raw,
-                    context.wrap_socket(raw, server_hostname=self.host),
+                    context.wrap_socket(raw, server_hostname=self.host) as tls,
                 ):
+                    # Under TLS 1.3 the client's handshake ends before the broker has judged its
+                    # certificate: only a CONNACK shows it was accepted (an expired CRL, say,
+                    # refuses every client, and a bare handshake would call that ready).
+                    tls.sendall(_PROBE_CONNECT)
+                    answer = tls.recv(4)
+                    tls.sendall(_DISCONNECT)
+                if answer == _CONNACK_OK:
                     return
+                last_error = BrokerError(f"probe got {answer!r}, not CONNACK accepted")
             except OSError as exc:  # refused until mosquitto listens; ssl.SSLError included
                 last_error = exc
             time.sleep(_POLL_S)

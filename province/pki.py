@@ -4,7 +4,9 @@ certificates, and the broker's server certificate.
 This module owns key and certificate generation and CSR signing, with `cryptography` only (no
 openssl subprocess), all as PEM bytes. It leaves storage, file permissions and the station
 registry to its callers, and the Ed25519 keys that sign envelopes to the trust modules: TLS
-identities only decide who may talk to the broker, never what a station accepts.
+identities only decide who may talk to the broker, never what a station accepts. It also signs
+the CA's certificate revocation list (``make_crl``); which certificates are on it is the
+registry's, writing it out is ``province.revoke``'s.
 """
 
 from __future__ import annotations
@@ -12,11 +14,20 @@ from __future__ import annotations
 import datetime
 import ipaddress
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+# RFC 5280 reason codes by the names the CLI takes.
+CRL_REASONS = {
+    "key-compromise": x509.ReasonFlags.key_compromise,
+    "cessation-of-operation": x509.ReasonFlags.cessation_of_operation,
+    "superseded": x509.ReasonFlags.superseded,
+    "unspecified": x509.ReasonFlags.unspecified,
+}
 
 # A little backdating tolerates a verifier whose clock runs slightly behind the issuer's.
 _BACKDATE = datetime.timedelta(minutes=5)
@@ -171,6 +182,97 @@ def issue_server_cert(
         ip_addresses=ips,
     )
     return cert_pem, key_pem
+
+
+@dataclass(frozen=True, slots=True)
+class RevokedCert:
+    """One entry of a CRL: which certificate, since when, and why (a ``CRL_REASONS`` key)."""
+
+    serial: int
+    revoked_at: datetime.datetime
+    reason: str
+    # When the key is known or suspected to have been compromised, if earlier than revoked_at
+    # (a station lost on Monday and revoked on Wednesday): the CRL's invalidityDate.
+    invalid_since: datetime.datetime | None = None
+
+
+def make_crl(
+    ca_cert_pem: bytes,
+    ca_key_pem: bytes,
+    revoked: Sequence[RevokedCert],
+    number: int,
+    *,
+    next_update: datetime.datetime,
+    now: datetime.datetime | None = None,
+) -> bytes:
+    """A CRL v2 signed by the CA, as PEM: each revoked serial with its revocation date, reason
+    code (and invalidity date when given), the CRL number ``number`` and the CA's authority key
+    identifier. An empty ``revoked`` gives the empty CRL a broker needs before anything is
+    revoked: with CRL checking on, a CA without a CRL fails every client."""
+    ca_cert = _load_cert(ca_cert_pem)
+    ca_key = _load_ec_key(ca_key_pem)
+    if ca_key.public_key() != ca_cert.public_key():
+        raise PkiError("CA private key does not belong to the CA certificate")
+    if number < 0:
+        raise PkiError(f"a CRL number is not negative, got {number}")
+    issued = now if now is not None else _now()
+    if next_update <= issued:
+        raise PkiError(f"the CRL's next update {next_update} is not after {issued}")
+    ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(issued - _BACKDATE)
+        .next_update(next_update)
+        .add_extension(x509.CRLNumber(number), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
+            critical=False,
+        )
+    )
+    for entry in sorted(revoked, key=lambda e: e.serial):
+        if entry.reason not in CRL_REASONS:
+            raise PkiError(f"not a CRL reason: {entry.reason!r} (one of {', '.join(CRL_REASONS)})")
+        revoked_builder = (
+            x509.RevokedCertificateBuilder()
+            .serial_number(entry.serial)
+            .revocation_date(entry.revoked_at)
+        )
+        # RFC 5280 5.3.1: the reasonCode extension is absent rather than "unspecified".
+        if entry.reason != "unspecified":
+            revoked_builder = revoked_builder.add_extension(
+                x509.CRLReason(CRL_REASONS[entry.reason]), critical=False
+            )
+        if entry.invalid_since is not None:
+            revoked_builder = revoked_builder.add_extension(
+                x509.InvalidityDate(
+                    entry.invalid_since.astimezone(datetime.UTC).replace(tzinfo=None)
+                ),
+                critical=False,
+            )
+        builder = builder.add_revoked_certificate(revoked_builder.build())
+    crl = builder.sign(ca_key, hashes.SHA256())
+    return crl.public_bytes(serialization.Encoding.PEM)
+
+
+def load_crl(crl_pem: bytes, ca_cert_pem: bytes) -> x509.CertificateRevocationList:
+    """A PEM CRL whose signature verifies with the CA's key."""
+    try:
+        crl = x509.load_pem_x509_crl(crl_pem)
+    except ValueError as exc:
+        raise PkiError(f"not a PEM certificate revocation list: {exc}") from exc
+    ca_key = _load_cert(ca_cert_pem).public_key()
+    if not isinstance(ca_key, ec.EllipticCurvePublicKey) or not crl.is_signature_valid(ca_key):
+        raise PkiError("the CRL is not signed by this CA")
+    return crl
+
+
+def crl_number(crl: x509.CertificateRevocationList) -> int:
+    return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+
+
+def serial_number(cert_pem: bytes) -> int:
+    return _load_cert(cert_pem).serial_number
 
 
 def common_name(cert_pem: bytes) -> str:

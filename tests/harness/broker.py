@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -74,6 +75,11 @@ class MosquittoBroker:
         self.server_key_path.write_bytes(key_pem)
         self.server_key_path.chmod(0o600)
         self.write_acl(self.stations, self.operators)
+        # CRL checking on, as at the province: an empty CRL from the start (without one, every
+        # client would be refused); `revoke` replaces it.
+        self.revoked: list[pki.RevokedCert] = []
+        self._crl_number = 0
+        self._write_crl()
 
     # -- paths ---------------------------------------------------------------------------------
     @property
@@ -91,6 +97,10 @@ class MosquittoBroker:
     @property
     def acl_path(self) -> Path:
         return self.directory / "acl"
+
+    @property
+    def crl_path(self) -> Path:
+        return self.directory / "crl.pem"
 
     @property
     def conf_path(self) -> Path:
@@ -128,6 +138,17 @@ class MosquittoBroker:
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(self.acl_path)
 
+    def _write_crl(self) -> None:
+        self._crl_number += 1
+        next_update = datetime.now(UTC) + timedelta(days=2)
+        pem = pki.make_crl(
+            self._ca_cert_pem, self._ca_key_pem, self.revoked, self._crl_number,
+            next_update=next_update,
+        )  # fmt: skip
+        tmp = self.crl_path.with_suffix(".tmp")
+        tmp.write_bytes(pem)
+        tmp.replace(self.crl_path)
+
     # -- lifecycle: the same broker process the province's demo runs -------------------------
     def start(self, timeout: float = START_TIMEOUT_S, *, same_port: bool = False) -> None:
         if same_port and self._broker is not None:
@@ -135,8 +156,9 @@ class MosquittoBroker:
             self.port = self._broker.port
             return
         files = BrokerFiles(
-            self.ca_path, self.server_cert_path, self.server_key_path, self.acl_path
-        )
+            self.ca_path, self.server_cert_path, self.server_key_path, self.acl_path,
+            self.crl_path,
+        )  # fmt: skip
         probe = self.client_credentials("harness-probe")
         self._broker = Mosquitto(self.directory, files, probe, self.host, self.executable)
         self._broker.start(timeout)
