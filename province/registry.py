@@ -1,9 +1,10 @@
 """The province's registry: what the province knows and has said, behind one storage interface.
 
 It owns what the province knows and has said: its stations (id, TLS certificate, report-signing
-key), what it published (so coverage knows what was expected), and what stations reported
-(deduplicated on station, kind and seq, with the receipt watermark per station and kind), what
-it refused, and each station's last birth or Will with the history of them all. It also owns
+key, revocation) and every certificate it revoked, what it published (so coverage knows what
+was expected), and what stations reported (deduplicated on station, kind and seq, with the
+receipt watermark per station and kind), what it refused, and each station's last birth or Will
+with the history of them all. It also owns
 the schema and every SQL statement; a ``Store`` only carries them to a database: ``SqliteStore``
 here (one file, the embedded default), ``province.registry_pg.PostgresStore`` for a province
 that outgrows one file. ``open_registry`` picks by location.
@@ -35,7 +36,11 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS station (
     id TEXT PRIMARY KEY, province TEXT NOT NULL, commune TEXT NOT NULL, name TEXT NOT NULL,
     cert_pem BLOB NOT NULL, signing_public TEXT NOT NULL, enrolled_at TEXT NOT NULL,
-    revoked_at TEXT);
+    revoked_at TEXT, revoke_reason TEXT);
+CREATE TABLE IF NOT EXISTS revocation (
+    serial TEXT PRIMARY KEY, station TEXT NOT NULL, cert_pem BLOB NOT NULL,
+    revoked_at TEXT NOT NULL, recorded_at TEXT NOT NULL, reason TEXT NOT NULL,
+    crl_reason TEXT NOT NULL, replaced_at TEXT);
 CREATE TABLE IF NOT EXISTS published (
     id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, kind TEXT NOT NULL,
     issuer TEXT NOT NULL, target TEXT NOT NULL, label TEXT NOT NULL, body BLOB NOT NULL,
@@ -63,6 +68,11 @@ CREATE TABLE IF NOT EXISTS lost (
     PRIMARY KEY (station, kind, first_seq));
 """
 
+# Columns added to tables of databases created before them (CREATE TABLE IF NOT EXISTS leaves
+# an existing table as it is): (table, column, type in SQLite's words). Each store adds what is
+# missing when it opens, nullable, so old rows stay valid.
+COLUMNS_ADDED = (("station", "revoke_reason", "TEXT"),)
+
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 # A refused payload is kept for diagnosis, not as evidence: capped so a misbehaving station
@@ -87,6 +97,23 @@ class StationRecord:
     signing_public: str  # 64 hex: the Ed25519 key its as-run records are signed with
     enrolled_at: str
     revoked_at: str | None
+    revoke_reason: str | None = None  # the operator's words at `loa-province revoke`
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """One revoked certificate. It stays revoked for good: re-enrolling the station issues a
+    new certificate (a new serial) and only closes the window in which its reports do not
+    count (``replaced_at``)."""
+
+    serial: int
+    station: str
+    cert_pem: bytes
+    revoked_at: str  # from when the station's word stops counting (UTC, RFC 3339)
+    recorded_at: str  # when the province revoked it (the CRL's revocation date)
+    reason: str
+    crl_reason: str  # an RFC 5280 reason code by province.pki.CRL_REASONS' names
+    replaced_at: str | None  # when a replacement was enrolled under the same station id
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +170,13 @@ class StationState:
 
 Row = tuple[Any, ...]
 
+_STATION_COLUMNS = "id, cert_pem, signing_public, enrolled_at, revoked_at, revoke_reason"
+
+
+def _station_record(row: Row) -> StationRecord:
+    i, cert, signing, enrolled, revoked, reason = row
+    return StationRecord(StationId.parse(i), bytes(cert), signing, enrolled, revoked, reason)
+
 
 class Store(Protocol):
     """One connection to a registry database. Statements are the registry's, written with ``?``
@@ -186,6 +220,16 @@ class SqliteStore:
         # One connection shared by threads: a transaction must not take in another thread's
         # statements, so each statement and each transaction holds this lock.
         self._lock = threading.RLock()
+        for table, column, kind in COLUMNS_ADDED:
+            # Looked at first without a write lock: a database that has the column (every new
+            # one) is never written to on open, so collectors starting at once do not queue.
+            if not self._has_column(table, column):
+                with self.transaction():  # BEGIN IMMEDIATE: one process adds it, others see it
+                    if not self._has_column(table, column):
+                        self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+
+    def _has_column(self, table: str, column: str) -> bool:
+        return column in {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
 
     def rows(self, sql: str, params: Sequence[object] = ()) -> list[Row]:
         with self._lock:
@@ -279,7 +323,8 @@ class Registry:
         try:
             with self.store.transaction():
                 self.store.write(
-                    "INSERT INTO station VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
+                    "INSERT INTO station (id, province, commune, name, cert_pem, "
+                    "signing_public, enrolled_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (station.path, station.province, station.commune, station.name,
                      cert_pem, signing_public, now),
                 )  # fmt: skip
@@ -287,22 +332,88 @@ class Registry:
             raise RegistryError(f"{station.path} is already enrolled") from exc
 
     def replace_station(self, station: StationId, cert_pem: bytes, signing_public: str) -> None:
-        """Re-enrollment after a repair: new certificate and key, reports and watermarks kept
-        (they are keyed by the station id), any revocation cleared."""
+        """Re-enrollment after a repair, or a replacement for a revoked station: new certificate
+        and key, reports and watermarks kept (they are keyed by the station id), the station
+        active again. Its revoked certificates stay revoked (they are in ``revocation``);
+        their windows close now."""
         now = datetime.now(UTC).isoformat(timespec="seconds")
         with self.store.transaction():
             self.store.write(
                 "UPDATE station SET cert_pem = ?, signing_public = ?, enrolled_at = ?, "
-                "revoked_at = NULL WHERE id = ?",
+                "revoked_at = NULL, revoke_reason = NULL WHERE id = ?",
                 (cert_pem, signing_public, now, station.path),
+            )
+            self.store.write(
+                "UPDATE revocation SET replaced_at = ? WHERE station = ? AND replaced_at IS NULL",
+                (now, station.path),
             )
 
     def stations(self, *, include_revoked: bool = False) -> list[StationRecord]:
-        rows = self.store.rows(
-            "SELECT id, cert_pem, signing_public, enrolled_at, revoked_at FROM station ORDER BY id"
-        )
-        found = [StationRecord(StationId.parse(i), bytes(c), s, e, r) for i, c, s, e, r in rows]
+        rows = self.store.rows(f"SELECT {_STATION_COLUMNS} FROM station ORDER BY id")
+        found = [_station_record(row) for row in rows]
         return [s for s in found if include_revoked or s.revoked_at is None]
+
+    def revoke_station(
+        self, station_id: str, serial: int, revoked_at: str, reason: str, crl_reason: str
+    ) -> Revocation:
+        """Take an active station out of service for good: the station row stays (revoked_at,
+        revoke_reason), its certificate goes into ``revocation`` for the CRL. ``revoked_at``
+        may lie in the past (the station was lost before anyone revoked it)."""
+        recorded = datetime.now(UTC).isoformat(timespec="seconds")
+        with self.store.transaction():
+            row = self._one(
+                f"SELECT {_STATION_COLUMNS} FROM station WHERE id = ?" + self.store.for_update,
+                (station_id,),
+            )
+            if row is None:
+                raise RegistryError(f"{station_id} is not enrolled")
+            record = _station_record(row)
+            listed = self._one("SELECT 1 FROM revocation WHERE serial = ?", (f"{serial:x}",))
+            if listed is not None:
+                raise RegistryError(f"{station_id} was already revoked {record.revoked_at}")
+            if record.revoked_at is not None:
+                # Marked revoked before certificates were listed: list it, keep its time.
+                revoked_at, reason = record.revoked_at, record.revoke_reason or reason
+            self.store.write(
+                "UPDATE station SET revoked_at = ?, revoke_reason = ? WHERE id = ?",
+                (revoked_at, reason, station_id),
+            )
+            # Serials are up to 20 bytes, beyond any SQL integer: stored as hex text.
+            self.store.write(
+                "INSERT INTO revocation (serial, station, cert_pem, revoked_at, recorded_at, "
+                "reason, crl_reason) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (serial) DO NOTHING",
+                (f"{serial:x}", station_id, record.cert_pem, revoked_at, recorded, reason,
+                 crl_reason),
+            )  # fmt: skip
+        return Revocation(
+            serial, station_id, record.cert_pem, revoked_at, recorded, reason, crl_reason, None
+        )
+
+    def revocations(self, station: str | None = None) -> list[Revocation]:
+        """Every revoked certificate (of ``station`` only, if given), oldest first."""
+        rows = self.store.rows(
+            "SELECT serial, station, cert_pem, revoked_at, recorded_at, reason, crl_reason, "
+            "replaced_at FROM revocation ORDER BY recorded_at, serial"
+        )
+        return [
+            Revocation(int(serial, 16), st, bytes(cert), at, rec, reason, crl, replaced)
+            for serial, st, cert, at, rec, reason, crl, replaced in rows
+            if station is None or st == station
+        ]
+
+    def next_crl_number(self) -> int:
+        """The next CRL number (1, 2, ...): RFC 5280 wants it to grow with every CRL issued."""
+        with self.store.transaction():
+            self.store.write(
+                "INSERT INTO meta VALUES ('crl_number', '0') ON CONFLICT (key) DO NOTHING"
+            )
+            row = self._one(
+                "SELECT value FROM meta WHERE key = 'crl_number'" + self.store.for_update
+            )
+            assert row is not None  # inserted above
+            number = int(row[0]) + 1
+            self.store.write("UPDATE meta SET value = ? WHERE key = 'crl_number'", (str(number),))
+        return number
 
     def station(self, station_id: str) -> StationRecord | None:
         return next((s for s in self.stations() if s.id.path == station_id), None)
@@ -338,15 +449,8 @@ class Registry:
 
     def lookup_station(self, station_id: str) -> StationRecord | None:
         """One station by id, revoked ones included (the collector tells unknown from revoked)."""
-        row = self._one(
-            "SELECT id, cert_pem, signing_public, enrolled_at, revoked_at FROM station "
-            "WHERE id = ?",
-            (station_id,),
-        )
-        if row is None:
-            return None
-        i, c, s, e, r = row
-        return StationRecord(StationId.parse(i), bytes(c), s, e, r)
+        row = self._one(f"SELECT {_STATION_COLUMNS} FROM station WHERE id = ?", (station_id,))
+        return None if row is None else _station_record(row)
 
     def store_report(
         self, station: str, kind: str, seq: int, session: int | None, body: bytes,

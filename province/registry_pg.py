@@ -2,7 +2,8 @@
 
 It owns what PostgreSQL needs beyond the registry's SQL: the schema's types in PostgreSQL's
 words, the driver's placeholders, the row lock a writer of one report stream takes, and
-creating the schema safely while several collectors start at once. The statements, and so
+creating (and extending: ``COLUMNS_ADDED``) the schema safely while several collectors start
+at once. The statements, and so
 the guarantees, are ``province.registry``'s.
 
 The driver is psycopg 3 in its pure-Python mode: it loads the system's libpq5, so it also runs
@@ -20,7 +21,7 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from province.registry import SCHEMA, Row
+from province.registry import COLUMNS_ADDED, SCHEMA, Row
 
 # Any constant will do, as long as nothing else on the server takes the same advisory lock for
 # something else: "loa registry schema" in ASCII, cut to 63 bits.
@@ -74,6 +75,9 @@ class PostgresStore:
                 # on a new database could both create a table, and one would fail.
                 self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
                 self.conn.execute(postgres_schema())
+                for table, column, kind in COLUMNS_ADDED:
+                    add = f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}"
+                    self.conn.execute(postgres_schema(add))
         except BaseException:
             self.conn.close()
             raise
