@@ -7,6 +7,7 @@ the directory of the config file, so a station provisioned with ``--dir DIR`` ke
 
 from __future__ import annotations
 
+import logging
 import re
 import tomllib
 from collections.abc import Mapping
@@ -19,6 +20,7 @@ from agent.core.targets import StationId
 from agent.core.verify import Limits
 
 T = TypeVar("T")
+log = logging.getLogger("loa.config")
 
 DEFAULT_CONFIG_PATH = Path("/etc/loa/station.toml")
 CLOCK_TRUST_MODES = ("kernel", "system")
@@ -207,12 +209,67 @@ def _typed(table: Mapping[str, Any], key: str, kind: type[T], default: T, where:
     return value
 
 
+class _Seen(dict[str, Any]):
+    """A TOML table that remembers which keys the loader looked at, so the keys it never asked
+    for (a misspelt ``warmup`` for ``warmup_s``, a section of a newer version) can be named."""
+
+    def __init__(self, items: Mapping[str, Any]) -> None:
+        super().__init__({k: _seen(v) for k, v in items.items()})
+        self.asked: set[str] = set()
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        self.asked.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key: str) -> Any:
+        self.asked.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key: object) -> bool:
+        if isinstance(key, str):
+            self.asked.add(key)
+        return super().__contains__(key)
+
+    def items(self) -> Any:
+        self.asked.update(self.keys())
+        return super().items()
+
+    def unasked(self, prefix: str = "") -> list[str]:
+        found = []
+        for key, value in dict.items(self):
+            if key not in self.asked:
+                found.append(prefix + key)
+            elif isinstance(value, _Seen):
+                found.extend(value.unasked(f"{prefix}{key}."))
+        return found
+
+
+def _seen(value: Any) -> Any:
+    return _Seen(value) if isinstance(value, dict) else value
+
+
+def unknown_keys(text: str) -> list[str]:
+    """The settings of ``text`` that the loader never reads (misspelt or from another version):
+    the agent ignores them, ``loa-provision check`` names them. Empty when ``text`` does not
+    load (the error says why)."""
+    try:
+        doc = _Seen(tomllib.loads(text))
+        _load(doc, {}, Path("/"))
+    except (tomllib.TOMLDecodeError, ConfigError):
+        return []
+    return doc.unasked()
+
+
 def load_config(text: str, env: Mapping[str, str], base_dir: Path) -> Config:
     """Parse station.toml; ``env`` may override the clock trust (``LOA_CLOCK_TRUST``)."""
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}") from exc
+    return _load(doc, env, base_dir)
+
+
+def _load(doc: Mapping[str, Any], env: Mapping[str, str], base_dir: Path) -> Config:
     station_t = _table(doc, "station")
     try:
         station = StationId(
@@ -436,4 +493,8 @@ def read_config(path: Path, env: Mapping[str, str]) -> Config:
         text = path.read_text("utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
-    return load_config(text, env, path.resolve().parent)
+    config = load_config(text, env, path.resolve().parent)
+    unknown = unknown_keys(text)
+    if unknown:
+        log.warning("%s: unknown settings ignored: %s", path, ", ".join(unknown))
+    return config

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -40,6 +41,10 @@ class InitRequest:
     directory: Path | None  # everything under it when given
     brokers: tuple[str, ...] = ()
     clock_trust: str = "kernel"
+    zones: Mapping[str, int] = field(default_factory=dict)  # zone name -> relay BCM pin
+    amp_pin: int | None = None
+    inputs: Mapping[str, int] = field(default_factory=dict)  # mains, amp_power, speaker_line
+    audio_device: str = "default"
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,10 @@ def _toml_str(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)  # a JSON string is a valid TOML basic string
 
 
+def _toml_key(name: str) -> str:
+    return name if name.replace("_", "").replace("-", "").isalnum() else _toml_str(name)
+
+
 def render_config(req: InitRequest) -> str:
     if req.directory is not None:
         state, cache, keys = "state", "cache", "keys"
@@ -62,6 +71,12 @@ def render_config(req: InitRequest) -> str:
         cache = str(DEFAULT_STATE_DIR / "cache")
         keys = str(DEFAULT_KEYS_DIR)
     brokers = ", ".join(_toml_str(b) for b in req.brokers)
+    amp = f"amp_pin = {req.amp_pin}" if req.amp_pin is not None else "# amp_pin = 17"
+    zones = "\n".join(f"{_toml_key(z)} = {p}" for z, p in req.zones.items()) or "# north = 27"
+    inputs = (
+        "\n".join(f"{_toml_key(n)} = {p}" for n, p in req.inputs.items())
+        or "# mains = 5\n# amp_power = 6\n# speaker_line = 13"
+    )
     return f"""# Loa station configuration, written by `loa-provision init`.
 # Relative paths are relative to this file's directory.
 
@@ -85,12 +100,15 @@ clock_skew_s = 300
 urls = [{brokers}]
 
 [audio]
-device = "default"
+device = {_toml_str(req.audio_device)}
 
 [gpio]
-# amp_pin = 17
+{amp}
 [gpio.zones]
-# all = 27
+{zones}
+
+[inputs]
+{inputs}
 """
 
 
