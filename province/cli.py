@@ -27,6 +27,7 @@ from province import (
     cli_stations,
     cli_time,
     httt_export,
+    revoke,
     signing_log,
 )
 from province.errors import ProvinceError
@@ -47,6 +48,7 @@ EXTENSIONS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]],
     cli_stations.register,
     httt_export.register,
     cli_broadcast.register,
+    revoke.register,
 ]
 
 

@@ -6,6 +6,9 @@ the age of its last heartbeat, what it is playing (the heartbeat's ``state``), i
 alerts (the heartbeat's ``alerts``, hardware faults still standing and recent fault events), and
 its outbox backlog (reports not yet acknowledged, by kind, as its last heartbeat counted them).
 Printed as a table, or as JSON with ``--json``. It reads the registry and writes nothing.
+Revoked stations (``loa-province revoke``) are left out unless ``--all``, which shows them as
+``REVOKED`` with when and why: the list is of stations in service, and a stolen station's last
+word is evidence, not its state.
 
 Faults: a hardware input fault (``mains-lost``, ``amp-power-lost``, ``speaker-line-fault``)
 stands until its ``-restored`` event (looked for over 30 days); other fault events (media and
@@ -68,6 +71,8 @@ class StationLive:
     outbox: dict[str, int] = field(default_factory=dict)
     alerts: list[str] = field(default_factory=list)
     faults: list[str] = field(default_factory=list)
+    revoked_at: str | None = None
+    revoke_reason: str | None = None
 
     @property
     def outbox_total(self) -> int:
@@ -87,6 +92,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="H",
         help=f"fault events from the last H hours (default {DEFAULT_RECENT_H:g})",
     )
+    parser.add_argument(
+        "--all", action="store_true", help="revoked stations too (shown as REVOKED)"
+    )
     parser.set_defaults(handler=cmd_stations)
 
 
@@ -95,7 +103,8 @@ def cmd_stations(args: argparse.Namespace) -> int:
         raise ProvinceError(f"--recent must be positive, got {args.recent:g}")
     now = datetime.now(UTC)
     with open_home_registry(args.home or default_home()) as registry:
-        stations = live_state(registry, now, timedelta(hours=args.recent))
+        stations = live_state(registry, now, timedelta(hours=args.recent), args.all)
+        hidden = 0 if args.all else len(registry.stations(include_revoked=True)) - len(stations)
     if args.json:
         doc = [{**asdict(s), "outbox_total": s.outbox_total} for s in stations]
         print(json.dumps(doc, ensure_ascii=False, indent=1))
@@ -104,6 +113,8 @@ def cmd_stations(args: argparse.Namespace) -> int:
         print("no stations enrolled")
         return 0
     sys.stdout.write(render_stations(stations, color=sys.stdout.isatty() and not _no_color()))
+    if hidden:
+        print(f"{hidden} revoked station{'' if hidden == 1 else 's'} not shown (--all shows them)")
     return 0
 
 
@@ -111,9 +122,12 @@ def _no_color() -> bool:
     return bool(os.environ.get("NO_COLOR"))
 
 
-def live_state(registry: Registry, now: datetime, recent: timedelta) -> list[StationLive]:
-    """Every active station's enrollment and last word, by station id."""
-    records = registry.stations()
+def live_state(
+    registry: Registry, now: datetime, recent: timedelta, include_revoked: bool = False
+) -> list[StationLive]:
+    """Every active station's (with ``include_revoked``, every station's) enrollment and last
+    word, by station id."""
+    records = registry.stations(include_revoked=include_revoked)
     faults = recent_faults(registry, [r.id.path for r in records], now - recent, now)
     result = []
     for record in records:
@@ -140,6 +154,10 @@ def live_state(registry: Registry, now: datetime, recent: timedelta) -> list[Sta
                 outbox=beat.get("outbox", {}),
                 alerts=beat.get("alerts", []),
                 faults=faults.get(path, []),
+                revoked_at=record.revoked_at,
+                revoke_reason=None
+                if record.revoke_reason is None
+                else clean_text(record.revoke_reason),
             )
         )
     return result
@@ -255,11 +273,17 @@ def render_stations(stations: Sequence[StationLive], *, color: bool = False) -> 
     for s in stations:
         online = "?" if s.online is None else "online" if s.online else "offline"
         trouble = [*s.faults, *(f"alert: {a}" for a in s.alerts)]
+        if s.revoked_at is not None:
+            online = "REVOKED"
+            trouble.insert(0, f"revoked from {s.revoked_at}: {s.revoke_reason or '-'}")
         body.append(
             [s.station, online, age(s.heartbeat_age_s), s.playing or "-", _outbox_text(s.outbox),
              s.enrolled_at, s.signing_key, s.certificate_until, "; ".join(trouble) or "-"]
         )  # fmt: skip
-    paint = [None if s.online is None else 1.0 if s.online else 0.0 for s in stations]
+    paint = [
+        0.0 if s.revoked_at is not None else None if s.online is None else 1.0 if s.online else 0.0
+        for s in stations
+    ]
     return align_table(
         header, body, "llrlrllll", total=False, paint=paint if color else None, paint_column=1
     )

@@ -11,8 +11,15 @@ Rules (see ``coverage``):
 - A stream (issuer, target) is judged by its newest published version only; older versions are
   superseded, as they are on a station, which keeps one playlist per stream. A window reaching
   back before the newest version was published is therefore judged by that newest version.
-- Expected: every active (not revoked) station inside the playlist's target, counted in its
-  own commune. Stations outside the target, and revoked ones, are not expected.
+- Expected: every station inside the playlist's target, counted in its own commune, unless it
+  was revoked when the occurrence began (from its revocation's ``revoked_at`` until a
+  replacement was enrolled under its id). Stations outside the target are not expected.
+- **Revoked stations.** From ``revoked_at`` on a station's signatures prove nothing (its keys
+  may be in a thief's hands): an as-run whose play began (``started_at``, else
+  ``scheduled_at``) at or after it is set aside, and so is one that claims a time after the
+  replacement's enrollment but was stored before it (only the old keys could have signed it).
+  Those before still count. An expected station whose as-run was set aside is ``no_report``
+  with cause "station revoked"; the report counts every as-run set aside (``SetAside``).
 - An as-run matches an occurrence on (station, stream, slot, scheduled_at as an instant); when a
   station sent several for one occurrence, the highest seq (its last word) counts.
 - **Clock-untrusted plays.** An as-run saying ``complete`` with ``clock_trusted: false`` is
@@ -35,7 +42,7 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -174,33 +181,115 @@ class _AsRun:
 
 
 _Key = tuple[str, str, str, datetime]  # (station, stream, slot, scheduled instant)
+SET_ASIDE_REVOKED = "station revoked"
 
 
-def _asruns(registry: Registry, stations: Iterable[str], since: datetime) -> dict[_Key, _AsRun]:
-    """Each occurrence's last word from each station: the readable as-run with the highest seq."""
+@dataclass(frozen=True, slots=True)
+class RevokedWindow:
+    """When a station's word did not count: ``[start, end)``, end None while no replacement
+    is enrolled."""
+
+    start: datetime
+    end: datetime | None
+    reason: str
+
+    def covers(self, moment: datetime) -> bool:
+        return self.start <= moment and (self.end is None or moment < self.end)
+
+
+@dataclass(frozen=True, slots=True)
+class SetAside:
+    """As-runs of one station not counted, and why."""
+
+    station: str
+    reason: str  # SET_ASIDE_REVOKED
+    count: int
+    detail: str  # "revoked from 2026-11-23 05:12 (+07): lost"
+
+
+def revoked_windows(registry: Registry) -> dict[str, list[RevokedWindow]]:
+    """Per station, the windows in which it was revoked: one per revoked certificate, and one
+    open from the station's own ``revoked_at`` when no listed certificate covers it (a station
+    marked revoked before certificates were listed, or with an unreadable time: from always)."""
+    windows: dict[str, list[RevokedWindow]] = {}
+    for r in registry.revocations():
+        end = None if r.replaced_at is None else _instant(r.replaced_at)
+        windows.setdefault(r.station, []).append(
+            RevokedWindow(_instant(r.revoked_at) or datetime.min.replace(tzinfo=UTC), end, r.reason)
+        )
+    for station in registry.stations(include_revoked=True):
+        if station.revoked_at is None:
+            continue
+        listed = windows.get(station.id.path, [])
+        if not any(w.end is None for w in listed):
+            start = _instant(station.revoked_at) or datetime.min.replace(tzinfo=UTC)
+            listed.append(RevokedWindow(start, None, station.revoke_reason or "revoked"))
+            windows[station.id.path] = listed
+    return windows
+
+
+def _instant(text: str) -> datetime | None:
+    try:
+        return parse_rfc3339(text).astimezone(UTC)
+    except (ValueError, TypeError):
+        try:  # the registry's own isoformat times (enrolled_at, replaced_at)
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            return None
+        return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _revoked_at(
+    windows: list[RevokedWindow], played: datetime, received_at: str
+) -> RevokedWindow | None:
+    """The window that sets this as-run aside, if any."""
+    received = _instant(received_at)
+    for window in windows:
+        if played < window.start:
+            continue
+        stored_before_replacement = (
+            window.end is not None and received is not None and received < window.end
+        )
+        if window.covers(played) or stored_before_replacement:
+            return window
+    return None
+
+
+def _asruns(
+    registry: Registry,
+    stations: Iterable[str],
+    since: datetime,
+    revoked: dict[str, list[RevokedWindow]] | None = None,
+) -> tuple[dict[_Key, _AsRun], dict[_Key, RevokedWindow]]:
+    """Each occurrence's last word from each station: the readable as-run with the highest seq;
+    and the occurrences whose as-runs were set aside, with the revocation that did it."""
     found: dict[_Key, _AsRun] = {}
+    set_aside: dict[_Key, RevokedWindow] = {}
+    revoked = revoked or {}
     for report in registry.reports("asrun", stations, received_since=since):
         try:
             doc = strict.loads(report.body)
-            key = (
-                report.station,
-                doc["stream"],
-                doc["slot"],
-                parse_rfc3339(doc["scheduled_at"]).astimezone(UTC),
-            )
+            scheduled = parse_rfc3339(doc["scheduled_at"]).astimezone(UTC)
+            key = (report.station, doc["stream"], doc["slot"], scheduled)
             outcome = doc["outcome"]
             if outcome not in _COUNTED:
                 continue
             reason = doc.get("reason")
             trusted = doc.get("clock_trusted") is not False
+            started = doc.get("started_at")
+            played = parse_rfc3339(started).astimezone(UTC) if started else scheduled
         except (ValueError, KeyError, TypeError):
             continue  # signed but unreadable: it cannot be matched, so it counts as no report
+        window = _revoked_at(revoked.get(report.station, []), played, report.received_at)
+        if window is not None:
+            set_aside[key] = window
+            continue
         previous = found.get(key)
         if previous is None or report.seq > previous.seq:
             found[key] = _AsRun(
                 report.seq, outcome, None if reason is None else clean_text(reason), trusted
             )
-    return found
+    return found, set_aside
 
 
 def _over(occurrence: Occurrence, now: datetime) -> bool:
@@ -228,7 +317,11 @@ def _judge(
     start: datetime,
     up: StationAvailability | None,
     tz: str,
+    set_aside: RevokedWindow | None = None,
 ) -> StationOutcome:
+    if asrun is None and set_aside is not None:
+        detail = f"as-run set aside: {_revoked_words(set_aside, tz)}"
+        return StationOutcome(station, "no_report", SET_ASIDE_REVOKED, detail, None)
     if asrun is not None:
         said = asrun.outcome if asrun.reason is None else f"{asrun.outcome}: {asrun.reason}"
         status = _COUNTED[asrun.outcome]
@@ -275,12 +368,32 @@ def coverage(
     ``pending`` otherwise. ``available`` (computed when not given) tells "station offline" from
     plain "no report".
     """
+    return _coverage(registry, window_start, window_end, now, tz=tz, available=available)[0]
+
+
+def _revoked_words(window: RevokedWindow, tz: str) -> str:
+    since = "always" if window.start.year == 1 else local_time(window.start, tz)
+    return f"the station was revoked from {since}: {clean_text(window.reason)}"
+
+
+def _coverage(
+    registry: Registry,
+    window_start: datetime,
+    window_end: datetime,
+    now: datetime,
+    *,
+    tz: str = DEFAULT_TZ,
+    available: Availability | None = None,
+) -> tuple[list[CoverageRow], list[SetAside]]:
     zone = ZoneInfo(tz)
     if available is None:
         available = availability(registry, window_start, window_end, now, tz=tz)
-    stations = registry.stations()
+    stations = registry.stations(include_revoked=True)
+    revoked = revoked_windows(registry)
     playlists = newest_playlists(registry)
-    asruns = _asruns(registry, [s.id.path for s in stations], window_start - _RECEIVED_MARGIN)
+    asruns, set_aside = _asruns(
+        registry, [s.id.path for s in stations], window_start - _RECEIVED_MARGIN, revoked
+    )
     rows: list[CoverageRow] = []
     for playlist in playlists:
         by_commune: dict[str, list[StationRecord]] = {}
@@ -293,15 +406,26 @@ def coverage(
         for occurrence in occurrences([playlist], window_start, window_end):
             over = _over(occurrence, now)
             stream = occurrence.stream_name
-            for commune, members in by_commune.items():
+            for commune, everyone in by_commune.items():
+                # A station revoked when the occurrence began was not expected to play it.
+                members = [
+                    s
+                    for s in everyone
+                    if not any(w.covers(occurrence.start) for w in revoked.get(s.id.path, []))
+                ]
+                if not members:
+                    continue
                 judged = tuple(
                     _judge(
                         s.id.path,
-                        asruns.get((s.id.path, stream, occurrence.slot_id, occurrence.start)),
+                        asruns.get(
+                            key := (s.id.path, stream, occurrence.slot_id, occurrence.start)
+                        ),
                         over,
                         occurrence.start,
                         available.stations.get(s.id.path),
                         tz,
+                        set_aside.get(key),
                     )
                     for s in members
                 )
@@ -322,7 +446,23 @@ def coverage(
                     )
                 )
     rows.sort(key=lambda r: (r.day, r.commune, r.scheduled_at, r.stream, r.slot))
-    return rows
+    return rows, _set_aside_tally(set_aside, window_start, window_end, tz)
+
+
+def _set_aside_tally(
+    set_aside: dict[_Key, RevokedWindow], start: datetime, end: datetime, tz: str
+) -> list[SetAside]:
+    """Per station, the occurrences in the window whose as-runs were set aside."""
+    counts: dict[str, int] = {}
+    why: dict[str, RevokedWindow] = {}
+    for (station, _stream, _slot, scheduled), window in set_aside.items():
+        if start <= scheduled < end:
+            counts[station] = counts.get(station, 0) + 1
+            why[station] = window
+    return [
+        SetAside(station, SET_ASIDE_REVOKED, counts[station], _revoked_words(why[station], tz))
+        for station in sorted(counts)
+    ]
 
 
 def _causes(rows: Iterable[CoverageRow]) -> tuple[Cause, ...]:
@@ -393,6 +533,11 @@ class CoverageReport:
     communes: list[CommuneSummary]  # whole window
     days: list[CommuneSummary]  # per local day
     available: Availability
+    set_aside: list[SetAside] = field(default_factory=list)  # as-runs not counted, and why
+
+    @property
+    def set_aside_count(self) -> int:
+        return sum(s.count for s in self.set_aside)
 
 
 def build_report(
@@ -404,7 +549,7 @@ def build_report(
 ) -> CoverageReport:
     """Coverage, its summaries and availability over one window, computed once."""
     available = availability(registry, window_start, window_end, now, tz=tz)
-    rows = coverage(registry, window_start, window_end, now, tz=tz, available=available)
+    rows, set_aside = _coverage(registry, window_start, window_end, now, tz=tz, available=available)
     return CoverageReport(
         window_start=window_start,
         window_end=window_end,
@@ -415,4 +560,5 @@ def build_report(
         communes=summarize(rows),
         days=summarize_days(rows),
         available=available,
+        set_aside=set_aside,
     )

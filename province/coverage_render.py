@@ -199,6 +199,15 @@ def _members(available: Availability, commune: CommuneAvailability) -> list[Stat
     )
 
 
+def render_set_aside(report: CoverageReport) -> str:
+    """The as-runs not counted and why (a revoked station's); nothing when there are none."""
+    if not report.set_aside:
+        return ""
+    lines = [f"\nas-runs set aside: {report.set_aside_count}\n"]
+    lines += [f"  {s.station}  ×{s.count}  {s.reason}: {s.detail}\n" for s in report.set_aside]
+    return "".join(lines)
+
+
 def render_text(report: CoverageReport, *, color: bool = False) -> str:
     """All of it for the terminal: rows, communes, below 100% with why, station details,
     availability."""
@@ -213,6 +222,7 @@ def render_text(report: CoverageReport, *, color: bool = False) -> str:
         render_below(report.communes),
         "\nstations that fell short\n",
         render_details(report.rows, tz),
+        render_set_aside(report),
         "\navailability (heartbeats, births and Wills; '?' = interval assumed)\n",
         render_availability(report.available, tz, color=color),
     ]
@@ -628,6 +638,7 @@ def render_html(report: CoverageReport) -> str:
         _days_table(report.days),
         "<h2>Cụm loa chưa phát đầy đủ · Stations that fell short</h2>",
         _details_table(rows, zone),
+        *_set_aside_html(report),
         "<h2>Chi tiết theo bản tin · Per bulletin</h2>",
         _occurrences_table(rows, zone),
         "<h2>Cụm loa · Stations</h2>",
@@ -637,6 +648,20 @@ def render_html(report: CoverageReport) -> str:
         "</body>\n</html>\n",
     ]
     return "\n".join(sections)
+
+
+def _set_aside_html(report: CoverageReport) -> list[str]:
+    if not report.set_aside:
+        return []
+    table = _table(
+        ("Cụm loa · station", "Số bản ghi · as-runs", "Lý do · why"),
+        ([s.station, str(s.count), f"{s.reason}: {s.detail}"] for s in report.set_aside),
+        numeric_from=1,
+    )
+    return [
+        f"<h2>Bản ghi không tính · As-runs set aside ({report.set_aside_count})</h2>",
+        table,
+    ]
 
 
 def _bucket_words(bucket: timedelta) -> str:
