@@ -4,6 +4,13 @@ Nothing else in the agent decides which implementation of a port is used. ``LOA_
 (``config.sim``) swaps GPIO for gpiozero's MockFactory and, by default, the sound card for a
 WAV file per station, so the whole station runs on a laptop; on shutdown it leaves the relay
 history beside the WAV file for whoever wants to see what the relays did.
+
+Under systemd (``Type=notify``) it also tells the service manager how the station is:
+``READY=1`` once config, relays, sound card and trust store are loaded and the runtime is about
+to take messages, ``WATCHDOG=1`` from the runtime thread itself (every half ``WatchdogSec``, so
+a stuck handler starves the watchdog and systemd restarts the agent), ``STOPPING=1`` when
+shutdown starts, and a ``STATUS=`` line. ``safe_off`` switches every relay off for the unit's
+``ExecStopPost``, after the agent is gone, however it went.
 """
 
 from __future__ import annotations
@@ -12,12 +19,13 @@ import contextlib
 import json
 import logging
 import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from agent import keyfiles
+from agent import faults, keyfiles
 from agent.cache import MediaCache
 from agent.config import Config
 from agent.core.clock import Clock
@@ -34,6 +42,7 @@ from hal.chimes import PcmClip, chime_pcm
 from hal.files import atomic_write
 from hal.inputs import HealthInputs, InputChange
 from hal.relays import GpioRelays, pin_history, use_mock_pins
+from hal.systemd import Notifier, watchdog_interval
 
 log = logging.getLogger("loa.app")
 
@@ -153,10 +162,17 @@ def _write_pin_history(factory: Any, path: Path) -> None:
     atomic_write(path, json.dumps(history, indent=1).encode())
 
 
-def run(config: Config, clock: Clock) -> None:
+def run(config: Config, clock: Clock, notifier: Notifier | None = None) -> None:
+    notifier = Notifier.from_environ() if notifier is None else notifier
+    for name in sorted(faults.unknown()):
+        log.error("%s names an unknown fault %r (known: %s)", faults.ENV, name,
+                  ", ".join(sorted(faults.KNOWN)))  # fmt: skip
     station, cleanup = build_station(config, clock)
+    stopping = threading.Event()
+    supervise(station, notifier, watchdog_interval(), stopping)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
         station.stop(signal.Signals(signum).name)
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -165,3 +181,57 @@ def run(config: Config, clock: Clock) -> None:
         station.run()
     finally:
         cleanup()
+        notifier.close()
+
+
+def supervise(
+    station: Station, notifier: Notifier, watchdog_s: float | None, stopping: threading.Event
+) -> None:
+    """Wire the station's hooks to the service manager. The watchdog is fed only by the
+    runtime thread handling its tick: a timer thread pinging on its own would keep a station
+    whose every message waits behind a hung handler looking alive for ever."""
+    last_status = ""
+
+    def ready() -> None:
+        nonlocal last_status
+        last_status = "idle"
+        notifier.ready(status=last_status)
+        log.info("ready%s", f" (watchdog every {watchdog_s:g} s)" if watchdog_s else "")
+
+    def alive(status: str) -> None:
+        nonlocal last_status
+        if faults.active(faults.STALL_MAIN_LOOP):
+            log.warning("fault %s: the runtime thread stops here until told to stop",
+                        faults.STALL_MAIN_LOOP)  # fmt: skip
+            stopping.wait()
+            return
+        changed = status != last_status
+        last_status = status
+        notifier.watchdog(status=status if changed else None)
+
+    def stopping_now() -> None:
+        notifier.stopping(status="stopping")
+
+    station.on_ready = ready
+    station.on_stopping = stopping_now
+    if watchdog_s is not None:
+        station.on_alive = alive
+        station.alive_every_s = watchdog_s / 2
+
+
+def safe_off(config: Config) -> dict[str, bool]:
+    """Claim the amplifier and every zone relay, switch them off (honouring ``active_high``)
+    and let go; returns the states read back (all False). For ``ExecStopPost``: after a crash
+    or a watchdog kill the pins are whatever the dead process left. With ``LOA_HAL=sim`` the
+    mock pins' history goes to ``state/sim-pins-safe-off.json``, beside the agent's own."""
+    factory: Any = use_mock_pins() if config.sim else None
+    relays = GpioRelays(config.amp_pin, config.zones, active_high=config.active_high)
+    try:
+        relays.all_off()  # claiming already drove them off; this says so explicitly
+        states = relays.states()
+    finally:
+        relays.close()
+    if factory is not None:
+        _write_pin_history(factory, config.paths.state / "sim-pins-safe-off.json")
+        factory.reset()
+    return states

@@ -4,6 +4,11 @@
 line per file (outside checks parse it): ``accepted <kind> <issuer> v<version>`` (a command shows
 its id) or ``rejected <code>``. Exit 0 when all were accepted, 1 when any was rejected, 2 on a
 usage or configuration error. Details for people go to stderr.
+
+``run`` is the daemon; under systemd it logs to journald as structured records when its stderr
+is the journal (``$JOURNAL_STREAM``), to stderr otherwise. ``safe-off`` switches the amplifier
+and every zone relay off and exits (the unit's ``ExecStopPost``): exit 0 when they are off,
+1 when the GPIO could not be driven, 2 on a configuration error.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from agent.core.verify import Rejection
 from agent.ingest import Ingestor
 from agent.trust_store import StoreError, TrustStore
 from hal.clock import SystemClock
+from hal.systemd import JournalHandler, journal_available, stderr_is_journal
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
 
@@ -41,6 +47,10 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the station: broker, schedule, relays, audio, reports")
     run.add_argument("--config", type=Path, default=default_config, help="station config")
     run.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING"))
+    safe_off = sub.add_parser(
+        "safe-off", help="switch the amplifier and every zone relay off (for ExecStopPost)"
+    )
+    safe_off.add_argument("--config", type=Path, default=default_config, help="station config")
     return parser
 
 
@@ -78,8 +88,19 @@ def cmd_ingest(config_path: Path, files: Sequence[Path]) -> int:
     return status
 
 
+def _configure_logging(log_level: str) -> None:
+    if stderr_is_journal() and journal_available():
+        # journald stamps the time and keeps level, logger and source line as fields.
+        handler: logging.Handler = JournalHandler()
+        logging.basicConfig(level=log_level, handlers=[handler])
+    else:
+        logging.basicConfig(
+            level=log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+        )
+
+
 def cmd_run(config_path: Path, log_level: str) -> int:
-    logging.basicConfig(level=log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    _configure_logging(log_level)
     # APScheduler logs two INFO lines per job run: with the 5 s watch that is 35,000 lines a
     # day in the journal of an SD card, saying nothing.
     logging.getLogger("apscheduler").setLevel(
@@ -96,12 +117,32 @@ def cmd_run(config_path: Path, log_level: str) -> int:
     return EXIT_OK
 
 
+def cmd_safe_off(config_path: Path) -> int:
+    try:
+        config = read_config(config_path, os.environ)
+    except ConfigError as exc:
+        print(f"loa-agent: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    from agent.app import safe_off
+    from hal.relays import RelayError
+
+    try:
+        states = safe_off(config)
+    except RelayError as exc:
+        print(f"loa-agent: safe-off failed: {exc}", file=sys.stderr)
+        return EXIT_REJECTED
+    print("safe-off: " + " ".join(f"{n}={'on' if on else 'off'}" for n, on in states.items()))
+    return EXIT_REJECTED if any(states.values()) else EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "ingest":
         return cmd_ingest(args.config, args.files)
     if args.command == "run":
         return cmd_run(args.config, args.log_level)
+    if args.command == "safe-off":
+        return cmd_safe_off(args.config)
     return EXIT_USAGE
 
 

@@ -78,7 +78,7 @@ class PlayDone:
 
 @dataclass(frozen=True, slots=True)
 class Tick:
-    what: str  # heartbeat | replan | watch
+    what: str  # heartbeat | replan | watch | integrity | alive
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +167,14 @@ class Station:
     _cap_ids: dict[str, str] = field(default_factory=dict)
     flood: FloodGate = field(default_factory=FloodGate)
     volume: int = 100  # the station's volume (set_volume), read from its state at start
+    # Hooks for whatever supervises the process (systemd, wired in agent/app.py); the station
+    # knows nothing of it. on_ready: start-up is done and messages are about to be taken.
+    # on_alive(status): every alive_every_s, called by this thread as it handles the tick, so a
+    # stuck handler silences it; status is "idle" or "on air: <slot>". on_stopping: shutdown.
+    on_ready: Callable[[], None] | None = None
+    on_alive: Callable[[str], None] | None = None
+    alive_every_s: float | None = None
+    on_stopping: Callable[[], None] | None = None
 
     def __post_init__(self) -> None:
         reports = self.config.reports
@@ -223,10 +231,14 @@ class Station:
         self.timers.every("replan", 3600, self._tick("replan"))
         self.timers.every("watch", 5, self._tick("watch"))
         self.timers.every("integrity", 86400, self._tick("integrity"))
+        if self.on_alive is not None and self.alive_every_s:
+            self.timers.every("alive", self.alive_every_s, self._tick("alive"))
         self.timers.start()
         if self.link is not None:
             self._follow_clock_trust()
             self.link.start()
+        if self.on_ready is not None:
+            self.on_ready()
         try:
             while True:
                 message = self.inbox.get()
@@ -252,6 +264,8 @@ class Station:
                 message.work()
 
     def _shutdown(self) -> None:
+        if self.on_stopping is not None:
+            self.on_stopping()
         self.timers.stop()
         self.live.close()
         self.player.close()
@@ -302,6 +316,9 @@ class Station:
                 message.work()
             case Tick(what="integrity"):
                 self.media.check_integrity()
+            case Tick(what="alive"):
+                if self.on_alive is not None:
+                    self.on_alive(self._status_line())
             case InputChange():
                 self._on_input(message)
             case Silent():
@@ -994,6 +1011,12 @@ class Station:
             "fetching": len(self.media.fetching),
             "quota_bytes": self.media.quota_bytes,  # 0: no quota
         }
+
+    def _status_line(self) -> str:
+        playing = self.programme.playing
+        if playing is None or not self.player.busy:
+            return "idle"
+        return f"on air: {playing.slot_id}"
 
     def _state_word(self) -> str:
         playing = self.programme.playing
