@@ -10,7 +10,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # sound parts the integration tests use.
 APT_PACKAGES := python3-venv python3-dev gcc make mosquitto mosquitto-clients ffmpeg curl \
                 portaudio19-dev libasound2-plugins alsa-utils openssl pulseaudio pulseaudio-utils \
-                postgresql libpq5
+                postgresql libpq5 systemd
 
 .PHONY: test lint typecheck unit sysdeps venv demo clean
 
