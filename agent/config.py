@@ -217,7 +217,7 @@ class _Seen(dict[str, Any]):
         super().__init__({k: _seen(v) for k, v in items.items()})
         self.asked: set[str] = set()
 
-    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, key: str, default: Any = None) -> Any:
         self.asked.add(key)
         return super().get(key, default)
 
