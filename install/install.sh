@@ -479,7 +479,7 @@ else
     cat <<EOF
 next steps (docs/operations.md, "Enroll a new station"):
   1. sudo loa-provision init --province PP --commune CCCCC --station NAME \\
-         --keyring keyring.json --broker mqtts://HOST:8883 --zone all=27 --amp-pin 17
+         --keyring keyring.json --broker mqtts://HOST:8883 --amp-pin 17 --zone cho=27
   2. send /etc/loa/keys/station.csr and station.pub to the province: loa-province enroll
   3. sudo loa-provision enroll station.crt --ca ca.crt
   4. sudo $0 --set-boot-gpio $ARGS
