@@ -137,10 +137,11 @@ check_python() {
 # library under PyAudio, ALSA's tools (aplay -l, amixer: what a technician checks the sound
 # card with) and the CA bundle for https live streams. PyAudio has no wheel on PyPI for Linux on
 # Arm (piwheels has some, for 32-bit only), so pip builds it: portaudio19-dev, python3-dev and gcc
-# stay installed because every update of Loa may build it again. No broker and no MQTT clients:
-# the station only connects out.
+# stay installed because every update of Loa may build it again. espeak-ng speaks the
+# technician's `loa-provision audio-test --speech` (about 4 MB with its voices, Vietnamese among
+# them). No broker and no MQTT clients: the station only connects out.
 APT_PACKAGES=(python3 python3-venv ffmpeg libportaudio2 alsa-utils ca-certificates
-    portaudio19-dev python3-dev gcc)
+    portaudio19-dev python3-dev gcc espeak-ng)
 
 apt_install() {
     local missing=() p
