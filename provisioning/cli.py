@@ -21,7 +21,7 @@ from provisioning import check, hardware, i18n, reset, station_view
 from provisioning.agent_process import running_agent
 from provisioning.enroll import EnrollError, install
 from provisioning.i18n import _
-from provisioning.init import InitRequest, ProvisionError, provision
+from provisioning.init import InitRequest, ProvisionError, provision, service_user
 from provisioning.ui import FAIL, OK, Terminal
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -160,6 +160,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         amp_pin=args.amp_pin,
         inputs=inputs,
         audio_device=args.audio_device,
+        owner=None if args.dir else service_user(),
     )
     try:
         result = provision(request, datetime.now(UTC))

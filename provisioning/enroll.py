@@ -10,6 +10,7 @@ Certificate issuing is the province's (``province.enrollment``).
 from __future__ import annotations
 
 import json
+import os
 import re
 import stat
 import tomllib
@@ -69,9 +70,15 @@ def install(
     # broker's TLS refuses (the agent reports it), and running this command again repairs it.
     atomic_write(paths.ca_certificate, ca_pem)
     atomic_write(paths.certificate, cert_pem)
+    keys = paths.keys.stat()
+    if os.geteuid() == 0 and keys.st_uid != 0:  # the service user's keys (init's hand-over)
+        for path in (paths.ca_certificate, paths.certificate):
+            os.chown(path, keys.st_uid, keys.st_gid)
     if new_text is not None:
-        mode = stat.S_IMODE(config_path.stat().st_mode)
-        atomic_write(config_path, new_text.encode("utf-8"), mode=mode)
+        before = config_path.stat()
+        atomic_write(config_path, new_text.encode("utf-8"), mode=stat.S_IMODE(before.st_mode))
+        if os.geteuid() == 0:
+            os.chown(config_path, before.st_uid, before.st_gid)
     return Installed(
         config.station.path,
         paths.certificate,

@@ -45,6 +45,9 @@ class InitRequest:
     amp_pin: int | None = None
     inputs: Mapping[str, int] = field(default_factory=dict)  # mains, amp_power, speaker_line
     audio_device: str = "default"
+    # The service user (``loa``) that runs the agent: keys, state and cache become its own
+    # and the config readable by its group. None: left to whoever runs init (tests, --dir).
+    owner: str | None = None
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,31 @@ device = {_toml_str(req.audio_device)}
 """
 
 
+def service_user(name: str = "loa") -> str | None:
+    """``name`` when init runs as root and that user exists (the install made it), else None."""
+    import pwd
+
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return None
+    return name
+
+
+def hand_over(owner: str, config_path: Path, directories: tuple[Path, ...]) -> None:
+    """The agent runs as ``owner`` in a sandbox without CAP_DAC_OVERRIDE: what it reads and
+    writes must be its own. The config stays root's, readable by the owner's group."""
+    import shutil
+
+    for directory in directories:
+        shutil.chown(directory, owner, owner)
+        for path in directory.rglob("*"):
+            shutil.chown(path, owner, owner)
+    shutil.chown(config_path, "root", owner)
+
+
 def provision(req: InitRequest, now: datetime) -> InitResult:
     config_path = (req.directory / "station.toml") if req.directory else DEFAULT_CONFIG_PATH
     if config_path.exists():
@@ -148,7 +176,9 @@ def provision(req: InitRequest, now: datetime) -> InitResult:
         os.chmod(directory, 0o700)
     with TrustStore(paths.trust_db) as store, store.transaction():
         store.persist((*verdict.effects, RaiseTimeFloor(now)), now)
-    atomic_write(config_path, text.encode("utf-8"))
+    atomic_write(config_path, text.encode("utf-8"), mode=0o640 if req.owner else 0o644)
+    if req.owner:
+        hand_over(req.owner, config_path, (paths.keys, paths.state, paths.cache))
     # Written last: its presence means "provisioned"; re-reading proves it loads.
     read_config(config_path, {})
     return InitResult(config_path, verdict.message, keyfiles.keyid(signing), paths.csr)
