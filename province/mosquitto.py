@@ -172,6 +172,10 @@ class Mosquitto:
             self._log_file = None
 
     @property
+    def ca_path(self) -> Path:
+        return self.files.ca
+
+    @property
     def pid(self) -> int:
         """The running broker's process id (what ``loa-province revoke --broker-pid`` signals)."""
         return self._running().pid

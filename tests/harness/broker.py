@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import pytest
 from paho.mqtt.client import (
@@ -207,8 +207,19 @@ def _new_client(cn: str) -> Client:
     return Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=cn, protocol=MQTTv5)
 
 
+class Endpoint(Protocol):
+    """Where ``attempt_connect`` connects: this harness's broker or a ``Mosquitto`` a test
+    configured itself."""
+
+    host: str
+    port: int
+
+    @property
+    def ca_path(self) -> Path: ...
+
+
 def attempt_connect(
-    broker: MosquittoBroker,
+    broker: Endpoint,
     *,
     client_id: str,
     certfile: Path | None,
