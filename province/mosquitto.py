@@ -10,7 +10,7 @@ Revocation reaches mosquitto 2.0 by SIGHUP alone: the reload re-reads the ACL an
 TLS files, ``crlfile`` included, so a revoked certificate's next handshake fails ("certificate
 revoked") with no restart that would cut every station's connection. A revoked station already
 connected stays connected, but its ACL block is gone with the same reload, so it may neither
-publish nor receive (tests/integration/test_revoke_broker.py shows all of it).
+publish nor receive. tests/integration/test_revoke_broker.py shows the refusal after SIGHUP.
 """
 
 from __future__ import annotations
