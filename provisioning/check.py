@@ -458,6 +458,14 @@ def _broker_words(result: broker_probe.Probe) -> tuple[str, str]:
 # sound card and relays --------------------------------------------------------------------
 
 
+def fix_sound_card() -> str:
+    return _(
+        "Check the sound card is connected, and that [audio] device is one of the outputs named "
+        'above, or a part of its name (the card\'s name from aplay -l); "default" is the '
+        "system's default."
+    )
+
+
 def _audio(config: Config, options: Options, agent_pid: int | None) -> Iterator[Finding]:
     if not options.audio:
         yield Finding("audio", SKIP, _("Sound card not tested (--no-audio)."))
@@ -475,10 +483,7 @@ def _audio(config: Config, options: Options, agent_pid: int | None) -> Iterator[
             _("The sound card {device} cannot be used: {error}").format(
                 device=config.audio.device, error=exc
             ),
-            _(
-                "Check the sound card is connected and "
-                "named in [audio] device (aplay -L lists them)."
-            ),
+            fix_sound_card(),
         )
         return
     if result.outcome != "complete":
@@ -488,10 +493,7 @@ def _audio(config: Config, options: Options, agent_pid: int | None) -> Iterator[
             _("The sound card {device} did not play: {reason}").format(
                 device=config.audio.device, reason=result.reason or result.outcome
             ),
-            _(
-                "Check the sound card is connected and named in [audio] device (aplay -L lists "
-                "them)."
-            ),
+            fix_sound_card(),
         )
         return
     yield Finding(

@@ -61,7 +61,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME=PIN",
         help="a health input (mains, amp_power, speaker_line) and its BCM GPIO pin (repeat)",
     )
-    init.add_argument("--audio-device", default="default", help="ALSA device (aplay -L)")
+    init.add_argument(
+        "--audio-device",
+        default="default",
+        help="sound card: an output name as PortAudio lists it, or part of it "
+        "(e.g. the card name from aplay -l); default: the system default",
+    )
 
     enroll = sub.add_parser("enroll", help="install the certificate the province issued")
     enroll.add_argument("certificate", type=Path, help="the station certificate from the province")
