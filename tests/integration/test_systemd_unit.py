@@ -21,7 +21,7 @@ pytestmark = [
         reason="systemd-analyze is not installed (Debian package: systemd; make sysdeps)",
     ),
 ]
-INSTALLED = "/opt/loa/.venv/bin/loa-agent"
+INSTALLED = "/opt/loa/current/bin/loa-agent"
 
 
 def settings() -> dict[str, list[str]]:
