@@ -179,6 +179,13 @@ class MosquittoBroker:
         assert self._broker is not None, "broker not started"
         self._broker.reload(timeout)
 
+    def revoke(self, cert_pem: bytes, reason: str = "key-compromise") -> None:
+        """Put a client certificate on the CRL and make the running broker re-read it."""
+        now = datetime.now(UTC)
+        self.revoked.append(pki.RevokedCert(pki.serial_number(cert_pem), now, reason))
+        self._write_crl()
+        self.reload(self.stations)
+
     def sign_csr(self, csr_pem: bytes) -> bytes:
         """Issue a client certificate for a station's own certificate request."""
         return pki.sign_csr(csr_pem, self._ca_cert_pem, self._ca_key_pem, days=2)

@@ -112,6 +112,17 @@ def test_an_unreachable_broker_is_named_with_what_to_do(
     assert "ask the province whether the broker is running" in done.stdout
 
 
+def test_a_revoked_certificate_is_named_as_such(tmp_path: Path, broker: MosquittoBroker) -> None:
+    directory = station_dir(tmp_path, broker)
+    before = loa_provision(directory, "check", "--no-audio", "--no-relays")
+    assert before.returncode == 0, before.stdout
+    broker.revoke((directory / "keys" / "station.crt").read_bytes())
+    done = loa_provision(directory, "check", "--no-audio", "--no-relays")
+    assert done.returncode == 1
+    assert "the province has revoked this station's certificate" in done.stdout
+    assert "this station must be enrolled again" in done.stdout
+
+
 def test_a_clock_behind_what_the_station_trusted_is_called_wrong(
     tmp_path: Path, broker: MosquittoBroker
 ) -> None:
