@@ -182,7 +182,8 @@ class Demo:
         (directory / "probe.crt").write_bytes(probe_cert)
         (directory / "probe.key").write_bytes(probe_key)
         files = BrokerFiles(directory / "ca.crt", directory / "server.crt",
-                            directory / "server.key", directory / "acl")  # fmt: skip
+                            directory / "server.key", directory / "acl",
+                            directory / "crl.pem")  # fmt: skip
         broker = Mosquitto(directory, files, (directory / "probe.crt", directory / "probe.key"),
                            executable=executable)  # fmt: skip
         broker.start()

@@ -135,6 +135,11 @@ def init_ca(home: ProvinceHome, province: str, days: int = DEFAULT_CA_DAYS) -> C
         atomic_write(home.operator_key, operator_key, mode=0o600)
         atomic_write(home.operator_cert, operator_cert)
         registry.set_meta("province", province)
+        # The empty CRL from the start: the broker's listener always names a crlfile, and with
+        # CRL checking on, a CA without a CRL fails every client.
+        from province import revoke  # revoke builds on this module
+
+        revoke.write_crl(home, registry)
     return CaResult(
         province,
         home.ca_cert,
@@ -177,6 +182,9 @@ def issue_server_cert(
     atomic_write(result.key, key_pem, mode=0o600)
     atomic_write(result.cert, cert_pem)
     atomic_write(result.ca, ca_cert)
+    crl = home.root / "ca" / "crl.pem"  # the broker's crlfile, beside its CA
+    if crl.exists():
+        atomic_write(out_dir / "crl.pem", crl.read_bytes())
     return result
 
 

@@ -86,10 +86,12 @@ def test_crl_starts_empty_and_revocations_grow_it(
     province: Province, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     broker_crl = tmp_path / "broker" / "crl.pem"
+    at_ca_init = province.crl()  # `ca init` wrote the empty CRL a broker needs from the start
+    assert len(at_ca_init) == 0 and pki.crl_number(at_ca_init) == 1
     assert province.run("crl", "--crl-out", broker_crl) == 0
     empty = province.crl()
     ca = x509.load_pem_x509_certificate((province.home / "ca/ca.crt").read_bytes())
-    assert len(empty) == 0 and pki.crl_number(empty) == 1
+    assert len(empty) == 0 and pki.crl_number(empty) == 2
     assert broker_crl.read_bytes() == (province.home / "ca/crl.pem").read_bytes()
     # A CRL that outlives nothing it vouches for: it expires with the CA, never before.
     assert empty.next_update_utc == ca.not_valid_after_utc
@@ -111,7 +113,7 @@ def test_crl_starts_empty_and_revocations_grow_it(
     entry = first.get_revoked_certificate_by_serial_number(pki.serial_number(a1.cert_pem))
     assert entry is not None and reason_of(entry) == x509.ReasonFlags.key_compromise
     assert abs(entry.revocation_date_utc - datetime.now(UTC)) < timedelta(minutes=10)
-    assert pki.crl_number(first) == 2 and len(first) == 1
+    assert pki.crl_number(first) == 3 and len(first) == 1
     assert broker_crl.read_bytes() == (province.home / "ca/crl.pem").read_bytes()
     assert f"user {A1.path}\n" not in acl.read_text() and f"user {A2.path}\n" in acl.read_text()
 
@@ -119,7 +121,7 @@ def test_crl_starts_empty_and_revocations_grow_it(
     assert province.run("revoke", A2.path, "--crl-reason", "cessation-of-operation",
                         "--since", lost) == 0  # fmt: skip
     second = province.crl()
-    assert pki.crl_number(second) == 3 and len(second) == 2
+    assert pki.crl_number(second) == 4 and len(second) == 2
     entry2 = second.get_revoked_certificate_by_serial_number(pki.serial_number(a2.cert_pem))
     assert entry2 is not None and reason_of(entry2) == x509.ReasonFlags.cessation_of_operation
     invalid = entry2.extensions.get_extension_for_class(x509.InvalidityDate).value
@@ -129,7 +131,7 @@ def test_crl_starts_empty_and_revocations_grow_it(
     # Again (a retry after a failed reload): nothing new, the files are written anew.
     assert province.run("revoke", A1.path) == 0
     assert "already revoked" in capsys.readouterr().out
-    assert pki.crl_number(province.crl()) == 4 and len(province.crl()) == 2
+    assert pki.crl_number(province.crl()) == 5 and len(province.crl()) == 2
 
 
 def test_registry_keeps_the_row_and_stations_hides_it(
