@@ -348,11 +348,14 @@ class Registry:
 
     def replace_station(self, station: StationId, cert_pem: bytes, signing_public: str) -> None:
         """Re-enrollment after a repair, or a replacement for a revoked station: new certificate
-        and key, reports and watermarks kept (they are keyed by the station id), the station
+        and key, reports kept (a new device's renumbered: ``_renumber_below_zero``), the station
         active again. Its revoked certificates stay revoked (they are in ``revocation``);
         their windows close now."""
         now = datetime.now(UTC).isoformat(timespec="seconds")
         with self.store.transaction():
+            before = self._one("SELECT signing_public FROM station WHERE id = ?", (station.path,))
+            if before is not None and before[0] != signing_public:
+                self._renumber_below_zero(station.path)
             self.store.write(
                 "UPDATE station SET cert_pem = ?, signing_public = ?, enrolled_at = ?, "
                 "revoked_at = NULL, revoke_reason = NULL WHERE id = ?",
@@ -362,6 +365,30 @@ class Registry:
                 "UPDATE revocation SET replaced_at = ? WHERE station = ? AND replaced_at IS NULL",
                 (now, station.path),
             )
+
+    def _renumber_below_zero(self, station: str) -> None:
+        """A new device under an old station id (its signing key changed): its outbox starts
+        again at seq 0, where the old device's reports already are, and would be refused as
+        seq conflicts. The old device's reports and lost ranges move below every seq stored
+        (they keep their order and still count), and the watermarks start again from none.
+        A repaired station that kept its key keeps its seqs and is not renumbered."""
+        row = self._one(
+            "SELECT MIN(low), MAX(high) FROM ("
+            "SELECT MIN(seq) AS low, MAX(seq) AS high FROM report WHERE station = ? "
+            "UNION ALL SELECT MIN(first_seq), MAX(last_seq) FROM lost WHERE station = ?) AS s",
+            (station, station),
+        )
+        if row is None or row[1] is None:
+            self.store.write("UPDATE watermark SET upto = -1 WHERE station = ?", (station,))
+            return
+        # Every moved seq lands below the lowest one now stored: no row collides on its way.
+        shift = int(row[1]) - min(int(row[0]), 0) + 1
+        self.store.write("UPDATE report SET seq = seq - ? WHERE station = ?", (shift, station))
+        self.store.write(
+            "UPDATE lost SET first_seq = first_seq - ?, last_seq = last_seq - ? WHERE station = ?",
+            (shift, shift, station),
+        )
+        self.store.write("UPDATE watermark SET upto = -1 WHERE station = ?", (station,))
 
     def stations(self, *, include_revoked: bool = False) -> list[StationRecord]:
         rows = self.store.rows(f"SELECT {_STATION_COLUMNS} FROM station ORDER BY id")

@@ -88,6 +88,32 @@ def test_a_report_is_stored_once_and_a_differing_resend_is_a_conflict(registry: 
     assert (kept.station, kept.seq, kept.body) == (ONE.path, 0, b"first")
 
 
+def test_a_new_device_under_an_old_id_starts_its_seqs_again_and_the_old_reports_stay(
+    registry: Registry,
+) -> None:
+    for seq in range(3):
+        store(registry, seq, b"old device %d" % seq, kind="asrun")
+    registry.record_lost(ONE.path, "heartbeat", 0, 4, at(5))
+    assert registry.watermarks(ONE.path) == {"asrun": 2, "heartbeat": 4}
+    registry.replace_station(ONE, b"cert-1b", "11" * 32)  # repaired: the same signing key
+    assert store(registry, 0, b"old device 0", kind="asrun") == StoreResult(False, False, 2)
+
+    registry.replace_station(ONE, b"cert-new", "33" * 32)  # a new device: its own key
+    assert registry.watermarks(ONE.path) == {}
+    assert store(registry, 0, b"new device 0", kind="asrun") == StoreResult(True, False, 0)
+    assert store(registry, 0, b"new", kind="heartbeat").watermark == 0  # no lost range holds it
+    bodies = [r.body for r in registry.reports("asrun", [ONE.path])]
+    assert bodies == [b"old device 0", b"old device 1", b"old device 2", b"new device 0"]
+
+    store(registry, 1, b"new device 1", kind="asrun")
+    registry.replace_station(ONE, b"cert-third", "44" * 32)  # and another: no seq collides
+    assert store(registry, 0, b"third 0", kind="asrun").stored
+    bodies = [r.body for r in registry.reports("asrun", [ONE.path])]
+    assert bodies == [b"old device 0", b"old device 1", b"old device 2", b"new device 0",
+                      b"new device 1", b"third 0"]  # fmt: skip
+    assert registry.reports("asrun", [TWO.path]) == []
+
+
 def test_the_watermark_waits_at_a_gap_and_jumps_when_it_closes(registry: Registry) -> None:
     assert store(registry, 1).watermark is None  # seq 0 missing
     assert registry.watermarks(ONE.path) == {}
