@@ -316,7 +316,9 @@ def test_stations_enroll_once_revoke_and_come_back(registry: Registry) -> None:
     back = registry.lookup_station(TWO.path)
     assert back is not None
     assert (back.cert_pem, back.signing_public, back.revoked_at) == (b"cert-new", "77" * 32, None)
-    assert registry.watermarks(TWO.path) == {"heartbeat": 0}  # reports are kept
+    # A new device (its own key): the report is kept, renumbered; its seqs start again.
+    assert [r.seq for r in registry.reports("heartbeat", [TWO.path])] == [-1]
+    assert registry.watermarks(TWO.path) == {}
     assert registry.lookup_station("25/08230/08230-99") is None
 
 
