@@ -40,6 +40,7 @@ SERVER_TIME = "server-time"  # the broker's certificate is outside its dates: ou
 REVOKED = "revoked"  # the province revoked this station's certificate
 CERT_EXPIRED = "cert-expired"  # the broker says our certificate has expired
 CERT_REJECTED = "cert-rejected"  # the broker does not accept our certificate
+CLOSED = "closed"  # closed after the handshake without a word: our certificate, most likely
 NOT_AUTHORIZED = "not-authorized"  # the broker's ACL does not know this station
 REFUSED_CONNACK = "connack"  # refused for another reason
 OTHER = "other"
@@ -66,6 +67,18 @@ def parse_url(url: str) -> tuple[str, int]:
 
 def probe(
     url: str, tls: TlsFiles, client_id: str, session_expiry_s: int, timeout_s: float = 10.0
+) -> Probe:
+    """One probe; a connection the broker closed without saying why is tried once more: under
+    TLS 1.3 the broker judges the client's certificate after the handshake, and its alert
+    ("certificate revoked") sometimes loses the race with the close."""
+    first = _probe_once(url, tls, client_id, session_expiry_s, timeout_s)
+    if first.outcome != CLOSED:
+        return first
+    return _probe_once(url, tls, client_id, session_expiry_s, timeout_s)
+
+
+def _probe_once(
+    url: str, tls: TlsFiles, client_id: str, session_expiry_s: int, timeout_s: float
 ) -> Probe:
     started = time.monotonic()
 
@@ -137,7 +150,7 @@ def probe(
         if outcome != OTHER:
             return done(outcome, detail)
         if lost:
-            return done(CERT_REJECTED, said[-300:] or "the broker closed the connection")
+            return done(CLOSED, said[-300:] or "the broker closed the connection")
         return done(TIMEOUT, f"no answer to CONNECT from {host}:{port} ({timeout_s:.0f} s)")
     finally:
         client.loop_stop()

@@ -440,6 +440,13 @@ def _broker_words(result: broker_probe.Probe) -> tuple[str, str]:
             _("Broker {url}: it does not accept this station's certificate ({detail})."),
             _("Call the province: the certificate may be from another CA, or revoked."),
         ),
+        broker_probe.CLOSED: (
+            _(
+                "Broker {url}: it closed the connection without saying why: most likely it does "
+                "not accept this station's certificate (revoked, or from another CA)."
+            ),
+            _("Call the province: the certificate may be from another CA, or revoked."),
+        ),
         broker_probe.NOT_AUTHORIZED: (
             _("Broker {url}: this station is not in its access list ({detail})."),
             _("Call the province: the broker's ACL must be written again and reloaded."),

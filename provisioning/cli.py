@@ -252,9 +252,9 @@ def cmd_check(args: argparse.Namespace, term: Terminal) -> int:
     findings: list[check.Finding] = []
     for finding in check.run_checks(options):
         findings.append(finding)
-        term.line(f"{term.mark(finding.status)} {finding.message}")
+        term.say(finding.status, finding.message)
         if finding.fix:
-            term.line(f"       {_('What to do:')} {finding.fix}")
+            term.advise(_("What to do:"), finding.fix)
     term.line()
     failed = sum(1 for f in findings if f.status == FAIL)
     if check.ready(findings):
@@ -275,9 +275,9 @@ def cmd_relay_test(config: Config, args: argparse.Namespace, term: Terminal) -> 
         result = hardware.relay_test(hw, tuple(config.zones))
     findings = list(check.judge_relays(config, result))
     for finding in findings:
-        term.line(f"{term.mark(finding.status)} {finding.message}")
+        term.say(finding.status, finding.message)
         if finding.fix:
-            term.line(f"       {_('What to do:')} {finding.fix}")
+            term.advise(_("What to do:"), finding.fix)
     rows = [
         [
             c.zone,
@@ -334,16 +334,16 @@ def cmd_audio_test(config: Config, args: argparse.Namespace, term: Terminal) -> 
             result = hardware.play(hw, zones, pcm=pcm, volume=args.volume)
     level = "-" if result.output_level_db is None else f"{result.output_level_db:.1f} dBFS"
     text = _(
-        "Played {seconds:.1f} s on {zones}: {outcome}; level {level}; relays {relays}."
+        "Played {seconds:.1f} s on {zones}: {outcome}; level {level}; relays switched: {relays}."
     ).format(
         seconds=result.played_s,
         zones=", ".join(zones),
-        outcome=result.outcome,
+        outcome=station_view.outcome_name(result.outcome),
         level=level,
         relays=_yn(result.relay_ok),
     )
     ok = result.outcome == "complete" and result.relay_ok is not False
-    term.line(f"{term.mark(OK if ok else FAIL)} {text}")
+    term.say(OK if ok else FAIL, text)
     if result.reason:
         term.line(f"       {result.reason}")
     return EXIT_OK if ok else EXIT_FAILED
@@ -398,7 +398,7 @@ def cmd_factory_reset(config: Config, args: argparse.Namespace, term: Terminal) 
         if error:
             problems.append(f"journal: {error}")
     for problem in problems:
-        term.line(f"{term.mark(FAIL)} {problem}")
+        term.say(FAIL, problem)
     if problems:
         return EXIT_FAILED
     term.line(

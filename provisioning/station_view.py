@@ -77,12 +77,12 @@ def show_status(config: Config, config_path: Path, term: Terminal) -> int:
     pid = running_agent(config_path)
     term.heading(_("Station {station}").format(station=config.station.path))
     if pid is None:
-        term.line(f"{term.mark(WARN)} {_('The agent is not running.')}")
+        term.say(WARN, _("The agent is not running."))
     else:
-        term.line(f"{term.mark(OK)} {_('The agent is running (pid {pid}).').format(pid=pid)}")
+        term.say(OK, _("The agent is running (pid {pid}).").format(pid=pid))
     count, oldest, alive = waiting_reports(config)
     if alive:
-        term.line(f"{term.mark(INFO)} {_('Last heartbeat: {at}.').format(at=_short(alive))}")
+        term.say(INFO, _("Last heartbeat: {at}.").format(at=_short(alive)))
     playing = on_air(config)
     if playing:
         for key, started in playing.items():
@@ -91,7 +91,7 @@ def show_status(config: Config, config_path: Path, term: Terminal) -> int:
                 + _("On air: {key} since {at}.").format(key=key, at=_short(started))
             )
     else:
-        term.line(f"{term.mark(INFO)} {_('Nothing on air.')}")
+        term.say(INFO, _("Nothing on air."))
     if count:
         mark = term.mark(WARN)
         text = _("{count} reports wait to be sent; the oldest since {at}.").format(
@@ -99,9 +99,9 @@ def show_status(config: Config, config_path: Path, term: Terminal) -> int:
         )
         term.line(f"{mark} {text}")
     else:
-        term.line(f"{term.mark(OK)} {_('No reports waiting to be sent.')}")
+        term.say(OK, _("No reports waiting to be sent."))
     volume = _volume(config)
-    term.line(f"{term.mark(INFO)} {_('Volume: {volume} %.').format(volume=volume)}")
+    term.say(INFO, _("Volume: {volume} %.").format(volume=volume))
     with TrustStore(config.paths.trust_db) as store:
         state = store.snapshot()
     rows = [
@@ -118,7 +118,7 @@ def show_status(config: Config, config_path: Path, term: Terminal) -> int:
         term.line()
         term.table(
             [_("Last plays"), _("Outcome"), _("Reported")],
-            [[p.key, _outcome(p.outcome), _short(p.at)] for p in plays],
+            [[p.key, outcome_name(p.outcome), _short(p.at)] for p in plays],
         )
     return 0
 
@@ -134,7 +134,7 @@ def _volume(config: Config) -> int:
     return config.audio.station_volume
 
 
-def _outcome(outcome: str) -> str:
+def outcome_name(outcome: str) -> str:
     names = {
         "complete": _("complete"),
         "partial": _("partial"),
@@ -177,7 +177,7 @@ def show_trust(config: Config, term: Terminal) -> int:
     keyring = state.keyring
     term.heading(_("Trust of station {station}").format(station=config.station.path))
     if keyring is None:
-        term.line(f"{term.mark(FAIL)} {_('No keyring is installed.')}")
+        term.say(FAIL, _("No keyring is installed."))
         return 1
     term.line(
         _("Keyring version {version} of province {province}, valid until {date}.").format(

@@ -45,6 +45,14 @@ class Terminal:
     def line(self, text: str = "") -> None:
         print(text, file=self.stream)
 
+    def say(self, status: str, text: str) -> None:
+        """One finding: its mark, then the text."""
+        self.line(f"{self.mark(status)} {text}")
+
+    def advise(self, label: str, text: str) -> None:
+        """The fix under a finding, indented past the mark."""
+        self.line(f"       {label} {text}")
+
     def heading(self, text: str) -> None:
         self.line(f"\033[1m{text}\033[0m" if self.colour else text)
 
