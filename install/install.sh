@@ -9,7 +9,8 @@
 #   - the system user `loa` (home /var/lib/loa, no login shell) in groups gpio and audio;
 #   - Loa in its own venv at PREFIX/releases/<version>, and PREFIX/current -> releases/<version>
 #     switched with an atomic rename (the A/B updates of a later issue switch the same link);
-#     /usr/local/bin/loa-agent and loa-provision point through `current`;
+#     /usr/local/bin/loa-agent and loa-provision point through `current`; the boot guard
+#     (install/loa-boot-guard: rollback and update installs at each start) in PREFIX/bin;
 #   - /etc/loa (root:loa 0750) and /var/lib/loa (loa:loa 0700);
 #   - systemd/loa-agent.service, its ExecStart pointed at PREFIX/current;
 #   - field settings: a journald size cap, the hardware watchdog, fake-hwclock, and the boot-time
@@ -302,6 +303,10 @@ if [[ "$(readlink "$BASE/current" 2>/dev/null)" != "releases/$VERSION" ]]; then
     RELEASE_CHANGED=1
 fi
 
+# The boot guard (the unit's ExecStartPre): beside the releases, never in one, so that no
+# release, however broken, can take the rollback down with it.
+install_file "$HERE/loa-boot-guard" "$BASE/bin/loa-boot-guard" 0755
+
 for tool in loa-agent loa-provision; do
     link="$ROOT/usr/local/bin/$tool"
     if [[ "$(readlink "$link" 2>/dev/null)" != "$PREFIX/current/bin/$tool" ]]; then
@@ -325,11 +330,17 @@ UNIT_SRC="$SOURCE/systemd/loa-agent.service"
 [[ -f $UNIT_SRC ]] || die "no systemd/loa-agent.service beside this script"
 # Whatever venv the unit in the tree names (ExecStart=, ExecStopPost=, with systemd's -+!@:
 # prefixes), every loa-* command runs from the release `current` names.
-sed -E "s#^(Exec[A-Za-z]+=[-+!@:]*)[^ ]*/bin/(loa-[a-z-]+)( |\$)#\1$PREFIX/current/bin/\2\3#" \
+# The boot guard is the exception: it runs from PREFIX/bin, outside every release.
+sed -E -e "/loa-boot-guard/!s#^(Exec[A-Za-z]+=[-+!@:]*)[^ ]*/bin/(loa-[a-z-]+)( |\$)#\1$PREFIX/current/bin/\2\3#" \
+    -e "/loa-boot-guard/s#^(Exec[A-Za-z]+=[-+!@:]*)[^ ]*/bin/loa-boot-guard( |\$)#\1$PREFIX/bin/loa-boot-guard\2#" \
+    -e "/loa-boot-guard/s#--prefix [^ ]*#--prefix $PREFIX#" \
     "$UNIT_SRC" >"$TMP/loa-agent.service"
 grep -q "^ExecStart=$PREFIX/current/bin/loa-agent " "$TMP/loa-agent.service" ||
     die "cannot point ExecStart in $UNIT_SRC at $PREFIX/current"
-if grep -E '^Exec' "$TMP/loa-agent.service" | grep -v "$PREFIX/current/bin/" | grep -q loa-; then
+grep -q "^ExecStartPre=+$PREFIX/bin/loa-boot-guard .*--prefix $PREFIX\$" "$TMP/loa-agent.service" ||
+    die "cannot point the boot guard in $UNIT_SRC at $PREFIX/bin"
+if grep -E '^Exec' "$TMP/loa-agent.service" | grep -v "$PREFIX/current/bin/" |
+    grep -v "$PREFIX/bin/loa-boot-guard " | grep -q loa-; then
     die "a loa-* command in $UNIT_SRC is not under $PREFIX/current"
 fi
 UNIT_BEFORE=$CHANGES

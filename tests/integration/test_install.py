@@ -160,9 +160,22 @@ def test_directories_unit_and_field_settings(installed: Installed) -> None:
     unit = (root / "etc/systemd/system/loa-agent.service").read_text()
     exec_lines = [line for line in unit.splitlines() if line.startswith("Exec")]
     assert "ExecStart=/opt/loa/current/bin/loa-agent run --config /etc/loa/station.toml" in unit
-    # Every command the unit runs comes from the current release, none from the old .venv path.
-    assert all("/opt/loa/current/bin/loa-" in line for line in exec_lines), exec_lines
+    # Every command the unit runs comes from the current release, none from the old .venv path,
+    # but the boot guard: it lives beside the releases, so a broken release cannot break it.
+    guard_line = "ExecStartPre=+/opt/loa/bin/loa-boot-guard --config /etc/loa/station.toml"
+    assert [line for line in exec_lines if "loa-boot-guard" in line] == [
+        f"{guard_line} --prefix /opt/loa"
+    ]
+    assert all(
+        "/opt/loa/current/bin/loa-" in line for line in exec_lines if "loa-boot-guard" not in line
+    ), exec_lines
     assert mode(root / "etc/systemd/system/loa-agent.service") == 0o644
+    guard = root / "opt/loa/bin/loa-boot-guard"
+    assert guard.read_bytes() == (CHECKOUT / "install/loa-boot-guard").read_bytes()
+    assert mode(guard) == 0o755
+    assert "chown root:root /opt/loa/bin/loa-boot-guard" in (
+        root / "loa-install-actions.log"
+    ).read_text().splitlines()
 
     journald = (root / "etc/systemd/journald.conf.d/loa.conf").read_text()
     assert "[Journal]" in journald

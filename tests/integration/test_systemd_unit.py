@@ -22,6 +22,8 @@ pytestmark = [
     ),
 ]
 INSTALLED = "/opt/loa/current/bin/loa-agent"
+GUARD = "/opt/loa/bin/loa-boot-guard"
+CHECKOUT_GUARD = Path(__file__).resolve().parents[2] / "install" / "loa-boot-guard"
 
 
 def settings() -> dict[str, list[str]]:
@@ -39,11 +41,13 @@ def test_the_exposure_is_at_most_the_target() -> None:
 
 
 def test_systemd_finds_nothing_to_say_about_the_unit(tmp_path: Path) -> None:
-    # verify checks that ExecStart's binary exists: point it at this checkout's, as installed.
+    # verify checks that the Exec binaries exist: point them at this checkout's, as installed.
     unit = tmp_path / "loa-agent.service"
     text = UNIT.read_text()
     assert INSTALLED in text
-    unit.write_text(text.replace(INSTALLED, str(BIN / "loa-agent")))
+    assert GUARD in text
+    text = text.replace(INSTALLED, str(BIN / "loa-agent"))
+    unit.write_text(text.replace(GUARD, str(CHECKOUT_GUARD)))
     done = subprocess.run(
         ["systemd-analyze", "verify", "--man=no", str(unit)],
         capture_output=True, text=True, check=False, timeout=60,
@@ -60,5 +64,9 @@ def test_the_unit_keeps_what_the_agent_relies_on() -> None:
     assert unit["Restart"] == ["on-failure"]
     assert any("safe-off --config /etc/loa/station.toml" in v for v in unit["ExecStopPost"])
     assert unit["ExecStart"] == [f"{INSTALLED} run --config /etc/loa/station.toml"]
+    # Updates (docs/releases.md): the guard as root before every start, outside any release;
+    # the agent's exit 75 (an update staged) restarts it into the install.
+    assert unit["ExecStartPre"] == [f"+{GUARD} --config /etc/loa/station.toml --prefix /opt/loa"]
+    assert unit["RestartForceExitStatus"] == ["75"]
     assert unit["User"] == ["loa"]
     assert "LOA_FAULT" not in UNIT.read_text()  # the fault points stay a test's business
