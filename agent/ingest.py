@@ -23,6 +23,7 @@ from agent.core.verify import (
 )
 from agent.schemas import load_schema_set
 from agent.trust_store import TrustStore
+from agent.version import running_version
 from hal.clock import kernel_clock_synchronised
 
 
@@ -33,6 +34,8 @@ class Ingestor:
     clock: Clock
     # The kernel's word on clock sync (adjtimex); tests give their own answer.
     kernel_synchronised: Callable[[], bool] = field(default=kernel_clock_synchronised)
+    # The version releases are compared with (docs/releases.md); tests pretend to be others.
+    version: str = field(default_factory=running_version)
 
     def __post_init__(self) -> None:
         # Compiling the validators takes a Pi a good part of a second: at start, not when the
@@ -55,6 +58,7 @@ class Ingestor:
             schemas=load_schema_set(),
             limits=self.config.limits,
             topic=topic,
+            running_version=self.version,
         )
         with self.store.transaction() as state:
             verdict = verify(state, data, ctx)

@@ -1,4 +1,5 @@
-"""The station's trust state on disk: keyring, accepted playlists, command ids, time floor.
+"""The station's trust state on disk: keyring, accepted playlists, command ids, time floor,
+accepted releases and the release version floor (meta ``release_floor``, docs/releases.md).
 
 One SQLite database (WAL, synchronous=FULL: a power cut loses nothing that was reported as
 accepted). ``transaction()`` takes the write lock *before* reading the snapshot, so the running
@@ -21,13 +22,16 @@ from agent.core import strict
 from agent.core.models import Keyring
 from agent.core.trust_state import (
     Effect,
+    RaiseReleaseFloor,
     RaiseTimeFloor,
+    RecordRelease,
     RememberCommand,
     StoreKeyring,
     StorePlaylist,
     Stream,
     StreamRecord,
     TrustState,
+    Version,
     apply,
 )
 
@@ -42,6 +46,8 @@ CREATE TABLE IF NOT EXISTS playlist (
     PRIMARY KEY (issuer, target));
 CREATE TABLE IF NOT EXISTS command (id TEXT PRIMARY KEY, expires TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS release (
+    version TEXT PRIMARY KEY, body_sha256 TEXT NOT NULL, accepted_at TEXT NOT NULL);
 """
 
 
@@ -170,6 +176,19 @@ class TrustStore:
                     "SET value = excluded.value WHERE excluded.value > meta.value",
                     (_utc(effect.floor),),
                 )
+            case RecordRelease():
+                db.execute(
+                    "INSERT OR REPLACE INTO release VALUES (?, ?, ?)",
+                    (_version_text(effect.version), effect.body_sha256, stamp),
+                )
+            case RaiseReleaseFloor():
+                # Compared as triples here: as text "0.10.0" would sort below "0.9.0".
+                held = _read_release_floor(db)
+                if held is None or effect.version > held:
+                    db.execute(
+                        "INSERT OR REPLACE INTO meta VALUES ('release_floor', ?)",
+                        (_version_text(effect.version),),
+                    )
 
     def _load(self) -> TrustState:
         """The snapshot, re-read only when this or another connection changed the database
@@ -206,12 +225,19 @@ class TrustStore:
             for cid, expires in db.execute("SELECT id, expires FROM command")
         }
         floor_row = db.execute("SELECT value FROM meta WHERE key = 'time_floor'").fetchone()
+        releases: dict[Version, str] = {}
+        for version, sha in db.execute("SELECT version, body_sha256 FROM release"):
+            parsed = _parse_version(version)
+            if parsed is not None:
+                releases[parsed] = sha
         return TrustState(
             keyring=keyring,
             keyring_sha256=keyring_sha,
             streams=MappingProxyType(streams),
             commands=MappingProxyType(commands),
             time_floor=datetime.fromisoformat(floor_row[0]) if floor_row else None,
+            release_floor=_read_release_floor(db),
+            releases=MappingProxyType(releases),
         )
 
     def raise_floor(self, now: datetime) -> None:
@@ -219,6 +245,12 @@ class TrustStore:
         trusted, so that after a power cut the station knows time cannot be earlier."""
         with self.transaction():
             self.persist((RaiseTimeFloor(now),), now)
+
+    def raise_release_floor(self, version: Version, now: datetime) -> None:
+        """Persist ``version`` as the release floor (only ever raised): the station confirmed
+        it running, so no release below it is accepted again."""
+        with self.transaction():
+            self.persist((RaiseReleaseFloor(version),), now)
 
     def data_version(self) -> int:
         """Changes when *another* connection (``loa-agent ingest``) committed to the database."""
@@ -241,6 +273,22 @@ def _forget_expired(state: TrustState, now: datetime) -> TrustState:
 def _utc(moment: datetime) -> str:
     """ISO text in UTC with fixed width, so SQL string comparison is time comparison."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+
+
+def _version_text(version: Version) -> str:
+    return ".".join(str(part) for part in version)
+
+
+def _parse_version(text: str) -> Version | None:
+    parts = text.split(".")
+    if len(parts) != 3 or not all(part.isdigit() for part in parts):
+        return None
+    return (int(parts[0]), int(parts[1]), int(parts[2]))
+
+
+def _read_release_floor(db: sqlite3.Connection) -> Version | None:
+    row = db.execute("SELECT value FROM meta WHERE key = 'release_floor'").fetchone()
+    return None if row is None else _parse_version(row[0])
 
 
 def _data_version(db: sqlite3.Connection) -> int:

@@ -24,6 +24,8 @@ class Code(StrEnum):
     VERSION_CONFLICT = "version-conflict"
     VERSION_GAP = "version-gap"
     REPLAY = "replay"
+    # A release the running version may not update to (below its min_version): docs/releases.md.
+    UPDATE_INCOMPATIBLE = "update-incompatible"
     # Event codes that are not verdicts on one envelope.
     KEYRING_EXPIRED = "keyring-expired"
     MEDIA_UNREACHABLE = "media-unreachable"

@@ -16,6 +16,7 @@ from types import MappingProxyType
 from agent.core.models import Keyring
 
 Stream = tuple[str, str]  # (issuer, target)
+Version = tuple[int, int, int]  # a release version, as agent/core/release.py compares them
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +35,10 @@ class TrustState:
     streams: Mapping[Stream, StreamRecord] = field(default_factory=lambda: MappingProxyType({}))
     commands: Mapping[str, datetime] = field(default_factory=lambda: MappingProxyType({}))
     time_floor: datetime | None = None
+    # Releases (docs/releases.md): the highest version ever confirmed running, and the body hash
+    # of the release accepted for each version (the same bytes again are a no-op).
+    release_floor: Version | None = None
+    releases: Mapping[Version, str] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +70,23 @@ class RaiseTimeFloor:
     floor: datetime
 
 
-Effect = StoreKeyring | StorePlaylist | RememberCommand | RaiseTimeFloor
+@dataclass(frozen=True, slots=True)
+class RecordRelease:
+    version: Version
+    body_sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class RaiseReleaseFloor:
+    """A version confirmed running (only ever raised): no older release is accepted again."""
+
+    version: Version
+
+
+Effect = (
+    StoreKeyring | StorePlaylist | RememberCommand | RaiseTimeFloor | RecordRelease
+    | RaiseReleaseFloor
+)  # fmt: skip
 
 
 def apply(state: TrustState, effects: tuple[Effect, ...]) -> TrustState:
@@ -73,6 +94,8 @@ def apply(state: TrustState, effects: tuple[Effect, ...]) -> TrustState:
     streams = dict(state.streams)
     commands = dict(state.commands)
     keyring, keyring_sha, floor = state.keyring, state.keyring_sha256, state.time_floor
+    releases = dict(state.releases)
+    release_floor = state.release_floor
     for effect in effects:
         match effect:
             case StoreKeyring():
@@ -87,10 +110,17 @@ def apply(state: TrustState, effects: tuple[Effect, ...]) -> TrustState:
             case RaiseTimeFloor():
                 if floor is None or effect.floor > floor:
                     floor = effect.floor
+            case RecordRelease():
+                releases[effect.version] = effect.body_sha256
+            case RaiseReleaseFloor():
+                if release_floor is None or effect.version > release_floor:
+                    release_floor = effect.version
     return TrustState(
         keyring=keyring,
         keyring_sha256=keyring_sha,
         streams=MappingProxyType(streams),
         commands=MappingProxyType(commands),
         time_floor=floor,
+        release_floor=release_floor,
+        releases=MappingProxyType(releases),
     )

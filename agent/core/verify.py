@@ -18,11 +18,13 @@ from agent.core import strict
 from agent.core.codes import Code, Rejected
 from agent.core.dsse import Envelope, parse_envelope
 from agent.core.models import Command, Keyring, Playlist, TimeBeacon
+from agent.core.release import Release, format_version, parse_version, version_step
 from agent.core.schema import SchemaError, SchemaSet
 from agent.core.targets import StationId, may_sign
 from agent.core.trust_state import (
     Effect,
     RaiseTimeFloor,
+    RecordRelease,
     RememberCommand,
     StoreKeyring,
     StorePlaylist,
@@ -37,6 +39,7 @@ PAYLOAD_KINDS: Mapping[str, str] = {
     "application/vnd.loa.command+json": "command",
     "application/vnd.loa.keyring+json": "keyring",
     "application/vnd.loa.time+json": "time",
+    "application/vnd.loa.release+json": "release",
 }
 PAYLOAD_TYPES: Mapping[str, str] = {kind: ptype for ptype, kind in PAYLOAD_KINDS.items()}
 
@@ -64,6 +67,7 @@ class Limits:
             "keyring": 256 * KiB,
             "command": 64 * KiB,
             "time": 4 * KiB,
+            "release": 16 * KiB,
         }
     )
     clock_skew: timedelta = timedelta(minutes=5)
@@ -85,16 +89,19 @@ class Context:
     schemas: SchemaSet
     limits: Limits = Limits()
     topic: str | None = None  # the MQTT topic it arrived on; None for `loa-agent ingest`
+    # The agent's own version (agent/version.py), for the version step of releases; None or a
+    # version that is not MAJOR.MINOR.PATCH refuses every release (nothing to compare with).
+    running_version: str | None = None
 
 
-Message = Playlist | Command | Keyring | TimeBeacon
+Message = Playlist | Command | Keyring | TimeBeacon | Release
 
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
     kind: str
     issuer: str
-    label: str  # "v17" for versioned kinds, the id for a command
+    label: str  # "v17" for versioned kinds ("v0.2.0" for a release), the id for a command
     message: Message
     body: bytes
     effects: tuple[Effect, ...]
@@ -424,9 +431,39 @@ def _check_time(state: TrustState, env: Envelope, raw: bytes, ctx: Context) -> V
     return Accepted("time", beacon.province, label, beacon, env.body, (RaiseTimeFloor(beacon.ts),))
 
 
+def _check_release(state: TrustState, env: Envelope, raw: bytes, ctx: Context) -> Verdict:
+    """docs/releases.md: the section 8 order with role ``release``, then the version step."""
+    keyring = _require_keyring(state)
+    signers = check_threshold(env, keyring, "release")
+    release = _model(Release.from_body, _parse_body("release", env.body, ctx.schemas))
+    check_scope(keyring, signers, "release", release.issuer, release.target)
+    check_audience(ctx, release.target, f"loa/v1/{release.target}/release/{release.issuer}")
+    now = _trusted_now(state, ctx)
+    if now is None:
+        raise Rejected(Code.CLOCK_UNTRUSTED, "releases wait for a trusted clock")
+    _check_keyring_alive(keyring, now, ctx)
+    _check_window(now, release.issued_at, release.expires, ctx)
+    try:
+        running = parse_version(ctx.running_version or "")
+    except ValueError as exc:
+        raise Rejected(
+            Code.UPDATE_INCOMPATIBLE, f"the running version is not comparable: {exc}"
+        ) from exc
+    sha = _sha(env.body)
+    step = version_step(release, sha, running, state.release_floor, state.releases)
+    if step.code is not None:
+        raise Rejected(step.code, step.detail)
+    label = f"v{format_version(release.version)}"
+    if step.noop:
+        return Accepted("release", release.issuer, label, release, env.body, (), noop=True)
+    effect = RecordRelease(release.version, sha)
+    return Accepted("release", release.issuer, label, release, env.body, (effect,))
+
+
 _CHECKS: Mapping[str, Callable[[TrustState, Envelope, bytes, Context], Verdict]] = {
     "playlist": _check_playlist,
     "command": _check_command,
     "keyring": _check_keyring,
     "time": _check_time,
+    "release": _check_release,
 }

@@ -1,5 +1,9 @@
-"""The protocol's JSON Schemas, shipped with the agent (byte-identical copies of
-``shared/schemas``; a test keeps them in step), compiled once per process."""
+"""The protocol's JSON Schemas, shipped with the agent, compiled once per process.
+
+They are byte-identical copies of ``shared/schemas`` (a test keeps them in step), except for the
+additions of ``docs/releases.md``: ``release.schema.json``, which the shared set does not have
+yet (the protocol leaves the release body to the project), and the optional ``release`` role of
+the keyring (already in the shared keyring schema)."""
 
 from __future__ import annotations
 
@@ -9,7 +13,9 @@ from importlib import resources
 
 from agent.core.schema import SchemaSet
 
-KINDS = ("playlist", "command", "keyring", "time", "asrun", "heartbeat", "envelope")
+KINDS = (
+    "playlist", "command", "keyring", "time", "release", "asrun", "heartbeat", "envelope",
+)  # fmt: skip
 
 
 def schema_text(kind: str) -> str:

@@ -411,7 +411,6 @@ def payload_types(c: Corpus) -> None:
     types = {
         "text-plain": "text/plain",
         "json": "application/json",
-        "release": "application/vnd.loa.release+json",
         "asrun": "application/vnd.loa.asrun+json",
         "heartbeat": "application/vnd.loa.heartbeat+json",
         "trailing-space": playlist + " ",
@@ -435,6 +434,14 @@ def payload_types(c: Corpus) -> None:
             "wrong-payload-type",
             f"payloadType {ptype!r}",
         )
+    # A release is a down type since docs/releases.md; the test keyring has no release role, so
+    # a playlist relabelled as one is trusted by no key: step 4, not step 3.
+    c.add(
+        "type-release",
+        edit(good, lambda d: d.update(payloadType="application/vnd.loa.release+json")),
+        "threshold-not-met",
+        "a release with no release role in the keyring: no key may sign it",
+    )
     body = body_bytes(p6())
     c.add(
         "type-text-plain-signed-so",

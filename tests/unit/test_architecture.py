@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 from pathlib import Path
 
 from tests.harness.trust import SHARED
@@ -56,9 +57,33 @@ def test_core_never_reads_the_real_clock() -> None:
     assert offenders == []
 
 
+# What docs/releases.md adds to the shared schemas: files the shared set does not have yet, and
+# keyring roles the agent knows beyond the shared keyring schema's. Nothing else may differ.
+AGENT_ONLY_SCHEMAS = {"release.schema.json"}
+AGENT_ONLY_ROLES = {"release"}
+
+
+def _without_agent_roles(text: bytes) -> object:
+    doc = json.loads(text)
+    roles = doc["properties"]["roles"]
+    for role in AGENT_ONLY_ROLES:
+        roles["properties"].pop(role, None)
+        assert role not in roles.get("required", []), f"the {role} role must stay optional"
+    return doc
+
+
 def test_shipped_schemas_are_the_protocols() -> None:
     shared = sorted((SHARED / "schemas").glob("*.schema.json"))
     assert shared, f"no schemas under {SHARED}"
     for path in shared:
         shipped = ROOT / "agent" / "schemas" / path.name
+        if path.name == "keyring.schema.json" and shipped.read_bytes() != path.read_bytes():
+            # The agent's keyring may add the optional release role; the rest is shared's.
+            assert _without_agent_roles(shipped.read_bytes()) == _without_agent_roles(
+                path.read_bytes()
+            ), f"{path.name} drifted from shared/ beyond docs/releases.md's additions"
+            continue
         assert shipped.read_bytes() == path.read_bytes(), f"{path.name} drifted from shared/"
+    names = {p.name for p in shared}
+    extra = {p.name for p in (ROOT / "agent" / "schemas").glob("*.schema.json")} - names
+    assert extra <= AGENT_ONLY_SCHEMAS, f"schemas not in shared/ nor docs/releases.md: {extra}"

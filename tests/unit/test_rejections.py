@@ -105,7 +105,7 @@ def test_bad_envelope_duplicate_key(on_air: Station) -> None:
 
 
 def test_wrong_payload_type(on_air: Station) -> None:
-    data = mutate(GOOD, lambda d: d.update(payloadType="application/vnd.loa.release+json"))
+    data = mutate(GOOD, lambda d: d.update(payloadType="application/vnd.loa.asrun+json"))
     assert_rejected(on_air, data, Code.WRONG_PAYLOAD_TYPE)
 
 
