@@ -15,8 +15,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-# Topic words a station id must never be, or a station's prefix could alias a down topic.
-_TOPIC_WORDS = frozenset({"playlist", "keyring", "cmd", "state", "telemetry", "ack", "time"})
+# Topic words a station id must never be, or a station's prefix could alias a down topic: a
+# station named "release" would write its retained state to loa/v1/PP/CCCCC/release/state,
+# which every station of its commune reads as a commune release (loa/v1/PP/CCCCC/release/+).
+_TOPIC_WORDS = frozenset(
+    {"playlist", "keyring", "cmd", "state", "telemetry", "ack", "time", "release"}
+)
 _STATION_ID = re.compile(r"([0-9]{2})/([0-9]{5})/([a-z0-9-]{1,32})")
 _PROVINCE = re.compile(r"[0-9]{2}")
 # Operator CNs go verbatim into `user` lines: no whitespace, no `/`, `#` or `+`, so a CN can
@@ -55,6 +59,9 @@ def station_rules(station_id: str) -> list[str]:
         f"loa/v1/{p}/playlist/+",
         f"loa/v1/{p}/{c}/playlist/+",
         f"{own}/playlist/+",
+        f"loa/v1/{p}/release/+",
+        f"loa/v1/{p}/{c}/release/+",
+        f"{own}/release/+",
         f"loa/v1/{p}/keyring/+",
         f"loa/v1/{p}/cmd",
         f"loa/v1/{p}/{c}/cmd",

@@ -2,7 +2,8 @@
 
 A keyring that no station would accept must not leave the province's desk: before writing, the
 signed envelope goes through the station's own verifier, as an initial keyring or, with the
-previous keyring given, as the rotation N -> N+1 (both root thresholds).
+previous keyring given, as the rotation N -> N+1 (both root thresholds). The ``release`` role
+(docs/releases.md) is optional: without it the keyring's stations trust no release.
 """
 
 from __future__ import annotations
@@ -56,6 +57,11 @@ def build_body(
     missing = [r for r in REQUIRED_ROLES if r not in roles]
     if missing:
         raise BodyError(f"every keyring needs keys for the roles: {', '.join(missing)}")
+    # A threshold for a role without keys would vanish from the body: a mistyped role name, or
+    # a release threshold given without its keys, must not pass as a keyring that has them.
+    keyless = sorted(set(thresholds) - set(roles))
+    if keyless:
+        raise BodyError(f"--threshold for a role without keys (give --key ROLE=FILE): {keyless}")
     body: dict[str, object] = {
         "kind": "keyring",
         "schema": 1,

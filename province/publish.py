@@ -5,8 +5,10 @@ The topic comes from the body, never from the person typing: a playlist goes to
 stream's current playlist), a keyring to ``loa/v1/{p}/keyring/{version}`` (retained, one topic
 per version so a station can walk the chain), a time beacon to ``loa/v1/{p}/time`` (retained)
 and a command to ``loa/v1/{target}/cmd`` with an MQTT Message Expiry equal to what is left of
-its validity, so a station that reconnects late never receives a stale command. Every playlist
-published is recorded in the registry: coverage counts what was expected from it.
+its validity, so a station that reconnects late never receives a stale command. A release
+(docs/releases.md) goes to ``loa/v1/{target}/release/{issuer}``, retained like a playlist: one
+current release per target and issuer. Everything published is recorded in the registry:
+coverage counts what was expected from playlists, ``loa-province updates`` reads releases.
 """
 
 from __future__ import annotations
@@ -27,11 +29,10 @@ from paho.mqtt.reasoncodes import ReasonCode
 from agent.core import dsse
 from agent.core.codes import Rejected
 from agent.core.timefmt import parse_rfc3339
-from agent.core.verify import PAYLOAD_KINDS
 from agent.link import LinkError, TlsFiles, parse_broker_url, tls_client
 from province.errors import ProvinceError
 from province.registry import Registry
-from province.signing import BodyError, check_body, subject
+from province.signing import PAYLOAD_KINDS, BodyError, check_body, subject
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +66,9 @@ def route(envelope: bytes, now: datetime) -> Outgoing:
     body, retained = parsed.body, True
     if kind == "playlist":
         return Outgoing(f"loa/v1/{target}/playlist/{issuer}", kind, issuer, target, label,
+                        body, envelope, retained, None)  # fmt: skip
+    if kind == "release":
+        return Outgoing(f"loa/v1/{target}/release/{issuer}", kind, issuer, target, label,
                         body, envelope, retained, None)  # fmt: skip
     if kind == "keyring":
         return Outgoing(f"loa/v1/{issuer}/keyring/{label[1:]}", kind, issuer, target, label,

@@ -121,6 +121,9 @@ topic write loa/v1/25/08230/08230-01/telemetry/heartbeat
 topic read loa/v1/25/playlist/+
 topic read loa/v1/25/08230/playlist/+
 topic read loa/v1/25/08230/08230-01/playlist/+
+topic read loa/v1/25/release/+
+topic read loa/v1/25/08230/release/+
+topic read loa/v1/25/08230/08230-01/release/+
 topic read loa/v1/25/keyring/+
 topic read loa/v1/25/cmd
 topic read loa/v1/25/08230/cmd
