@@ -27,6 +27,7 @@ from province import (
     cli_stations,
     cli_time,
     httt_export,
+    release,
     revoke,
     signing_log,
 )
@@ -49,6 +50,7 @@ EXTENSIONS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]],
     httt_export.register,
     cli_broadcast.register,
     revoke.register,
+    release.register,
 ]
 
 
@@ -69,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     keygen = sub.add_parser("keygen", help="make an Ed25519 signing key (NAME.key 0600, NAME.pub)")
-    keygen.add_argument("name", help="file name stem, e.g. root1 or playlist-2026")
+    keygen.add_argument("name", help="file name stem, e.g. root1, playlist-2026 or release-1")
     keygen.add_argument("--dir", type=Path, default=Path("."), help="where to write the files")
 
     keyring = sub.add_parser("keyring", help="build and sign a keyring (the province's trust)")
@@ -81,7 +83,8 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="ROLE=FILE[@SCOPE,...]",
-        help="a key for a role (repeat); FILE is .pub or .key; scope defaults to the province",
+        help="a key for a role (repeat): root, playlist, command, emergency, maintenance, and "
+        "optionally release; FILE is .pub or .key; scope defaults to the province",
     )
     keyring.add_argument(
         "--threshold", action="append", default=[], metavar="ROLE=N", help="default 1"
