@@ -29,10 +29,11 @@ from paho.mqtt.reasoncodes import ReasonCode
 from agent.core import dsse
 from agent.core.codes import Rejected
 from agent.core.timefmt import parse_rfc3339
+from agent.core.verify import PAYLOAD_KINDS
 from agent.link import LinkError, TlsFiles, parse_broker_url, tls_client
 from province.errors import ProvinceError
 from province.registry import Registry
-from province.signing import PAYLOAD_KINDS, BodyError, check_body, subject
+from province.signing import BodyError, check_body, subject
 
 
 @dataclass(frozen=True, slots=True)

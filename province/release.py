@@ -36,6 +36,7 @@ from typing import Any
 from agent.core import dsse, strict
 from agent.core.codes import Rejected
 from agent.core.models import Keyring
+from agent.core.release import parse_version
 from agent.core.targets import is_within, province_of
 from agent.core.timefmt import format_rfc3339, parse_rfc3339
 from agent.core.verify import check_scope, check_threshold
@@ -50,14 +51,7 @@ from province.home import store_url as home_store_url
 from province.publish import publish
 from province.registry import Registry
 from province.signer import Signer, open_signer
-from province.signing import (
-    BodyError,
-    canonical_json,
-    check_body,
-    parse_version,
-    sign_body,
-    signed_record,
-)
+from province.signing import BodyError, canonical_json, check_body, sign_body, signed_record
 
 ROLE = "release"
 # What a wheel is built from: the package's own parts, as install/install.sh copies them. A
@@ -428,8 +422,7 @@ def updates(registry: Registry, target: str, now: datetime) -> list[StationUpdat
     if versions:
         # Events about a release come after it was published; the slack covers the clocks of
         # the desk that published and the collector that received.
-        since = min(first[v] for v in versions) - EVENT_SLACK
-        events = update_events(registry, stations, since)
+        events = update_events(registry, stations, min(first[v] for v in versions) - EVENT_SLACK)
     result = []
     for station in stations:
         release = chosen[station]

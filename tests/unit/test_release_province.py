@@ -16,14 +16,16 @@ import pytest
 
 from agent.core import dsse
 from agent.core.models import Keyring
+from agent.core.release import parse_version
 from agent.core.reports import event_body
 from agent.core.targets import StationId
+from agent.core.verify import PAYLOAD_TYPES
 from province import acl, release
 from province.cli import main
 from province.errors import ProvinceError
 from province.publish import route
 from province.registry import Registry, received_at_text
-from province.signing import RELEASE_PAYLOAD_TYPE, BodyError, check_body, parse_version
+from province.signing import BodyError, check_body
 from province.signing_log import log_path, verify_log
 
 NOW = datetime(2026, 11, 22, 1, 0, tzinfo=UTC)
@@ -232,7 +234,7 @@ def test_sign_writes_a_release_envelope_the_keyring_accepts_and_logs_it(tmp_path
     assert desk.sign("rel1", "rel2") == 0
     envelope = (desk.home / "release.json").read_bytes()
     parsed = dsse.parse_envelope(envelope, len(envelope))
-    assert parsed.payload_type == RELEASE_PAYLOAD_TYPE
+    assert parsed.payload_type == PAYLOAD_TYPES["release"] == "application/vnd.loa.release+json"
     doc = json.loads(parsed.body)
     artifact = release.Artifact.of(desk.wheelhouse("0.2.0"))
     assert doc["artifact"]["sha256"] == artifact.sha256
