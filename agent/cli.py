@@ -9,6 +9,11 @@ usage or configuration error. Details for people go to stderr.
 is the journal (``$JOURNAL_STREAM``), to stderr otherwise. ``safe-off`` switches the amplifier
 and every zone relay off and exits (the unit's ``ExecStopPost``): exit 0 when they are off,
 1 when the GPIO could not be driven, 2 on a configuration error.
+
+``release-install`` (run as root by ``loa-boot-guard``, outside the sandbox) installs the staged
+release into ``PREFIX/releases/<version>`` and switches ``PREFIX/current`` to it
+(agent/release_install.py): exit 0 when switched, 1 when refused or failed (``failed.json``
+says why), 2 on a configuration error. ``--version`` prints the running version.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from agent.config import DEFAULT_CONFIG_PATH, ConfigError, read_config
 from agent.core.verify import Rejection
 from agent.ingest import Ingestor
 from agent.trust_store import StoreError, TrustStore
+from agent.version import running_version
 from hal.clock import SystemClock
 from hal.systemd import JournalHandler, journal_available, stderr_is_journal
 
@@ -32,6 +38,8 @@ EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loa-agent", description="Loa station agent")
+    # The installer's smoke test of a new release: it must print exactly the version.
+    parser.add_argument("--version", action="version", version=running_version())
     sub = parser.add_subparsers(dest="command", required=True)
     default_config = Path(os.environ.get("LOA_CONFIG", DEFAULT_CONFIG_PATH))
     ingest = sub.add_parser(
@@ -51,6 +59,14 @@ def _parser() -> argparse.ArgumentParser:
         "safe-off", help="switch the amplifier and every zone relay off (for ExecStopPost)"
     )
     safe_off.add_argument("--config", type=Path, default=default_config, help="station config")
+    release = sub.add_parser(
+        "release-install",
+        help="install the staged release and switch to it (root, from loa-boot-guard)",
+    )
+    release.add_argument("--config", type=Path, default=default_config, help="station config")
+    release.add_argument(
+        "--prefix", type=Path, default=Path("/opt/loa"), help="releases and current (/opt/loa)"
+    )
     return parser
 
 
@@ -113,8 +129,7 @@ def cmd_run(config_path: Path, log_level: str) -> int:
         return EXIT_USAGE
     from agent.app import run  # hardware libraries load only when the station really runs
 
-    run(config, SystemClock())
-    return EXIT_OK
+    return run(config, SystemClock())  # 0, or 75 (EX_TEMPFAIL) when an update is staged
 
 
 def cmd_safe_off(config_path: Path) -> int:
@@ -135,6 +150,26 @@ def cmd_safe_off(config_path: Path) -> int:
     return EXIT_REJECTED if any(states.values()) else EXIT_OK
 
 
+def cmd_release_install(config_path: Path, prefix: Path) -> int:
+    from agent.release_install import InstallError, release_install
+
+    try:
+        config = read_config(config_path, os.environ)
+    except ConfigError as exc:
+        print(f"loa-agent: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        installed = release_install(config, prefix.absolute())
+    except InstallError as exc:
+        print(f"loa-agent: release-install: {exc}", file=sys.stderr)
+        return EXIT_REJECTED
+    print(
+        f"release-install: {installed.previous} -> {installed.version}, confirm by "
+        f"{installed.deadline.isoformat()}"
+    )
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "ingest":
@@ -143,6 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_run(args.config, args.log_level)
     if args.command == "safe-off":
         return cmd_safe_off(args.config)
+    if args.command == "release-install":
+        return cmd_release_install(args.config, args.prefix)
     return EXIT_USAGE
 
 

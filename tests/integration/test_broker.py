@@ -280,6 +280,9 @@ STATION_DOWN = [
     (f"loa/v1/{STATION}/cmd", False),
     ("loa/v1/25/time", True),
     (f"loa/v1/{STATION}/ack", False),
+    ("loa/v1/25/release/25", True),
+    ("loa/v1/25/08230/release/25", True),  # its commune's release
+    (f"loa/v1/{STATION}/release/25", True),
 ]
 
 
@@ -313,6 +316,8 @@ OTHERS_TRAFFIC = [
     (f"loa/v1/{OTHER_COMMUNE_STATION}/cmd", False),
     ("loa/v1/25/08231/playlist/08231", True),
     ("loa/v1/25/08231/cmd", False),
+    ("loa/v1/25/08231/release/25", True),  # another commune's release
+    (f"loa/v1/{NEIGHBOUR}/release/25", True),
 ]
 # What STATION itself says and is told, and the province's and its commune's down topics:
 # forbidden to identities of province 26 only.
@@ -327,6 +332,8 @@ PROVINCE_TRAFFIC = [
     ("loa/v1/25/cmd", False),
     ("loa/v1/25/time", True),
     ("loa/v1/25/08230/cmd", False),
+    ("loa/v1/25/release/25", True),
+    ("loa/v1/25/08230/release/25", True),
 ]
 SPIES = [
     *[
@@ -340,6 +347,9 @@ SPIES = [
             "loa/v1/25/+/+/state",
             "loa/v1/+/+/+/ack",
             "loa/v1/25/08231/#",
+            "loa/v1/25/08231/release/+",
+            f"loa/v1/{NEIGHBOUR}/release/+",
+            "loa/v1/25/+/+/release/+",
             "loa/v1/#",
             "#",
             "$share/spies/loa/v1/25/+/+/telemetry/#",
