@@ -162,7 +162,9 @@ def _write_pin_history(factory: Any, path: Path) -> None:
     atomic_write(path, json.dumps(history, indent=1).encode())
 
 
-def run(config: Config, clock: Clock, notifier: Notifier | None = None) -> None:
+def run(config: Config, clock: Clock, notifier: Notifier | None = None) -> int:
+    """Run the station until it stops; returns the exit status it asked for (0, or 75 when an
+    update is staged: the unit's RestartForceExitStatus brings it back through the boot guard)."""
     notifier = Notifier.from_environ() if notifier is None else notifier
     for name in sorted(faults.unknown()):
         log.error("%s names an unknown fault %r (known: %s)", faults.ENV, name,
@@ -182,6 +184,7 @@ def run(config: Config, clock: Clock, notifier: Notifier | None = None) -> None:
     finally:
         cleanup()
         notifier.close()
+    return station.exit_status
 
 
 def supervise(

@@ -167,6 +167,16 @@ class LiveConfig:
     ca_file: str | None = DEFAULT_CA_FILE  # certificates checked for https streams
 
 
+@dataclass(frozen=True, slots=True)
+class UpdateConfig:
+    """Signed releases (docs/releases.md): when the agent may stop for an update, and how long a
+    new version has to prove itself before the boot guard switches back."""
+
+    enabled: bool = True  # false: releases are verified and reported, never fetched or staged
+    margin_s: float = 600.0  # no slot may start within this long of stopping for an update
+    confirm_s: float = 600.0  # release-install's deadline for the new version to confirm
+
+
 _LIVE_HOST = re.compile(r"\A[a-z0-9.-]{1,253}(:[0-9]{1,5})?\Z")  # as the keyring's live_hosts
 
 
@@ -188,6 +198,7 @@ class Config:
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     emergency: EmergencyConfig = field(default_factory=EmergencyConfig)
     live: LiveConfig = field(default_factory=LiveConfig)
+    update: UpdateConfig = field(default_factory=UpdateConfig)
     sim: bool = False  # LOA_HAL=sim: gpiozero MockFactory, audio to a WAV file by default
 
 
@@ -427,6 +438,7 @@ def _load(doc: Mapping[str, Any], env: Mapping[str, str], base_dir: Path) -> Con
         capture=capture,
         emergency=_emergency(_table(doc, "emergency")),
         live=_live(_table(doc, "live")),
+        update=_update(_table(doc, "update")),
         sim=sim,
     )
 
@@ -438,6 +450,14 @@ def _emergency(table: Mapping[str, Any]) -> EmergencyConfig:
         gap_s=_number(table, "gap_s", 5.0, "emergency", 0, 600),
         chime=_typed(table, "chime", bool, True, "emergency"),
         sound_tests=_typed(table, "sound_tests", bool, False, "emergency"),
+    )
+
+
+def _update(table: Mapping[str, Any]) -> UpdateConfig:
+    return UpdateConfig(
+        enabled=_typed(table, "enabled", bool, True, "update"),
+        margin_s=_number(table, "margin_s", 600.0, "update", 0, 86400),
+        confirm_s=_number(table, "confirm_s", 600.0, "update", 60, 86400),
     )
 
 

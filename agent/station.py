@@ -29,6 +29,7 @@ from agent.core.codes import Code
 from agent.core.flood import FloodGate
 from agent.core.models import Command, Keyring, MediaRef, Playlist
 from agent.core.planner import Occurrence, occurrences
+from agent.core.release import Release
 from agent.core.reports import (
     AsRun,
     Health,
@@ -45,16 +46,18 @@ from agent.link import Connected, Disconnected, Link, Received
 from agent.live import LiveRelay, LiveSignalled, LiveWake
 from agent.loudness import LoudnessStore, db_to_gain
 from agent.media_workers import MediaDone, MediaWorkers, Quarantined
-from agent.outbox import DroppedRange, Outbox, OutboxError
+from agent.outbox import DroppedRange, Outbox, OutboxError, Report
 from agent.player import Player, PlayItem, PlayResult, RelayTestResult
 from agent.programme import Outcome, Programme
 from agent.quota import touch
 from agent.scheduler import MISFIRE_GRACE_S, Timers
+from agent.updater import ArtifactFetched, Updater
+from agent.version import running_version
 from hal.files import atomic_write
 from hal.inputs import InputChange, InputError, Inputs
 
 log = logging.getLogger("loa.station")
-AGENT_VERSION = "0.1.0"
+AGENT_VERSION = running_version()
 HORIZON = timedelta(days=2)
 CLOCK_JUMP_S = 2.0
 MAX_HELD = 64
@@ -84,6 +87,7 @@ class Tick:
 @dataclass(frozen=True, slots=True)
 class Stop:
     reason: str
+    status: int = 0  # the process's exit status: 75 asks systemd for the boot guard (updates)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +140,7 @@ Message = (
     | LiveWake
     | RelayTested
     | Deferred
+    | ArtifactFetched
 )
 
 
@@ -175,6 +180,7 @@ class Station:
     on_alive: Callable[[str], None] | None = None
     alive_every_s: float | None = None
     on_stopping: Callable[[], None] | None = None
+    exit_status: int = 0  # what `loa-agent run` exits with once `run` returns
 
     def __post_init__(self) -> None:
         reports = self.config.reports
@@ -215,6 +221,16 @@ class Station:
             quota_bytes=int(self.config.media.quota_mb * 1024 * 1024),
             monotonic=self.clock.monotonic,
         )
+        self.updater = Updater(
+            self.config,
+            self.clock,
+            self.ingestor.version,
+            report=lambda code, detail, fields: self._event("update", code, detail, fields),
+            deliver=self.inbox.put,
+            stop=lambda status, reason: self.stop(reason, status),
+            raise_floor=lambda v: self.ingestor.store.raise_release_floor(v, self.clock.now()),
+            reverify=self.ingestor.ingest,
+        )
 
     # lifecycle -------------------------------------------------------------------------------
 
@@ -227,6 +243,7 @@ class Station:
         self._event(
             "boot", None, f"agent {AGENT_VERSION} started", {"plan": len(self.programme.plan)}
         )
+        self.updater.start()
         self.timers.every("heartbeat", self.config.reports.heartbeat_s, self._tick("heartbeat"))
         self.timers.every("replan", 3600, self._tick("replan"))
         self.timers.every("watch", 5, self._tick("watch"))
@@ -239,19 +256,21 @@ class Station:
             self.link.start()
         if self.on_ready is not None:
             self.on_ready()
+        self.updater.ready()
         try:
             while True:
                 message = self.inbox.get()
                 if isinstance(message, Stop):
                     log.info("stopping: %s", message.reason)
+                    self.exit_status = message.status
                     self._run_deferred()
                     break
                 self._handle(message)
         finally:
             self._shutdown()
 
-    def stop(self, reason: str) -> None:
-        self.inbox.put(Stop(reason))
+    def stop(self, reason: str, status: int = 0) -> None:
+        self.inbox.put(Stop(reason, status))
 
     def _run_deferred(self) -> None:
         """Reports already promised are written before the station stops."""
@@ -314,6 +333,8 @@ class Station:
                 self._on_relay_tested(message)
             case Deferred():
                 message.work()
+            case ArtifactFetched():
+                self.updater.on_fetched(message)
             case Tick(what="integrity"):
                 self.media.check_integrity()
             case Tick(what="alive"):
@@ -341,6 +362,7 @@ class Station:
                 self._summarise_floods()
                 self._follow_clock_trust()
                 self._retry_emergency_clips()
+                self.updater.on_watch(self._busy(), self.programme.plan.values())
 
     def _on_received(self, message: Received) -> None:
         station = self.config.station
@@ -368,6 +390,18 @@ class Station:
             self._retry_held()
         if isinstance(verdict.message, Playlist) and not verdict.noop:
             self._reload_playlists()
+        if isinstance(verdict.message, Release):
+            self.updater.on_release(verdict.message, message.payload, verdict.noop)
+
+    def _busy(self) -> bool:
+        """Whether anything sounds or is about to (the update window stays shut meanwhile)."""
+        return (
+            self.player.busy
+            or self.programme.on_air is not None
+            or bool(self.programme.segments)
+            or self.live.active
+            or bool(self._awaiting_clip)
+        )
 
     def _verify(self, topic: str, payload: bytes) -> Verdict:
         """One envelope through the trust core, and the event that says what became of it."""
@@ -434,6 +468,8 @@ class Station:
                 self._held[topic] = held[topic]
             elif isinstance(verdict, Accepted) and isinstance(verdict.message, Playlist):
                 self._reload_playlists()
+            elif isinstance(verdict, Accepted) and isinstance(verdict.message, Release):
+                self.updater.on_release(verdict.message, held[topic], verdict.noop)
 
     def _on_command(self, verdict: Accepted, command: Command) -> None:
         if command.action == "stop":
@@ -691,7 +727,9 @@ class Station:
         except strict.StrictDecodeError:
             return
         if isinstance(marks, dict):
-            self.outbox.acknowledge({k: v for k, v in marks.items() if isinstance(v, int)})
+            watermarks = {k: v for k, v in marks.items() if isinstance(v, int)}
+            self.outbox.acknowledge(watermarks)
+            self.updater.on_receipt(watermarks)
             pending = self.outbox.pending_ids()
             self._published = {i: t for i, t in self._published.items() if i in pending}
             # A receipt makes room: a long backlog drains a batch per receipt, not per heartbeat.
@@ -937,9 +975,11 @@ class Station:
             self.clock.now(),
             self._health(),
         )
-        self._report(
+        report = self._report(
             "heartbeat", lambda seq: to_bytes(heartbeat_body(station, seq, session, now, health))
         )
+        if report is not None:
+            self.updater.heartbeat_sent(report.seq)
 
     def _report(
         self,
@@ -948,7 +988,7 @@ class Station:
         *,
         occurrence: tuple[str, str] | None = None,
         on_air: tuple[str, datetime] | None = None,
-    ) -> None:
+    ) -> Report | None:
         topic = f"{self.config.station.prefix}/telemetry/{kind}"
         try:
             report = self.outbox.append(
@@ -956,9 +996,10 @@ class Station:
             )
         except OutboxError as exc:
             log.error("report lost to a failing outbox: %s", exc)
-            return
+            return None
         if self.link is not None and self.link.publish(report.topic, report.payload):
             self._published[report.id] = self.clock.monotonic()
+        return report
 
     def _enforce_outbox_cap(self) -> None:
         """The outbox's retention policy (agent/outbox.py), and the loss reported as an event so
