@@ -127,3 +127,45 @@ def make_chirp(path: Path, seconds: float, amplitude: float) -> None:
          "-ac", "2", "-b:a", "192k", "-compression_level", "9", str(path)],
         check=True, capture_output=True, timeout=300,
     )  # fmt: skip
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def parse_stat_cpu_s(stat: str) -> float:
+    """utime + stime, in seconds, from the text of ``/proc/<pid>/stat``. The command name (field
+    2) is in parentheses and may hold spaces or parentheses itself, so fields are counted from
+    its last ``)``: utime and stime are fields 14 and 15, the 12th and 13th after it."""
+    rest = stat[stat.rindex(")") + 2 :].split()
+    return (int(rest[11]) + int(rest[12])) / CLOCK_TICKS
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system) the process ``pid`` has used so far; None once it is gone. Its
+    children's time is not in it (that is counted only after they are reaped, as cutime)."""
+    try:
+        return parse_stat_cpu_s(Path(f"/proc/{pid}/stat").read_text())
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def status_kb(pid: int, field: str) -> int | None:
+    """A ``kB`` field of ``/proc/<pid>/status`` (``VmRSS``, ``VmHWM``); None once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def child_pids(pid: int) -> list[int]:
+    """The live children of ``pid`` (every thread's), from ``/proc/<pid>/task/*/children``."""
+    found: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            found += [int(c) for c in (task / "children").read_text().split()]
+    except OSError:
+        pass
+    return found
