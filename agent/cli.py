@@ -129,8 +129,7 @@ def cmd_run(config_path: Path, log_level: str) -> int:
         return EXIT_USAGE
     from agent.app import run  # hardware libraries load only when the station really runs
 
-    run(config, SystemClock())
-    return EXIT_OK
+    return run(config, SystemClock())  # 0, or 75 (EX_TEMPFAIL) when an update is staged
 
 
 def cmd_safe_off(config_path: Path) -> int:
