@@ -173,9 +173,10 @@ def test_directories_unit_and_field_settings(installed: Installed) -> None:
     guard = root / "opt/loa/bin/loa-boot-guard"
     assert guard.read_bytes() == (CHECKOUT / "install/loa-boot-guard").read_bytes()
     assert mode(guard) == 0o755
-    assert "chown root:root /opt/loa/bin/loa-boot-guard" in (
-        root / "loa-install-actions.log"
-    ).read_text().splitlines()
+    assert (
+        "chown root:root /opt/loa/bin/loa-boot-guard"
+        in (root / "loa-install-actions.log").read_text().splitlines()
+    )
 
     journald = (root / "etc/systemd/journald.conf.d/loa.conf").read_text()
     assert "[Journal]" in journald
