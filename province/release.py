@@ -464,7 +464,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     build = steps.add_parser("build", help="a wheelhouse (gzip tarball of wheels) from source")
     build.add_argument("--src", type=Path, default=Path("."), help="the source tree (default .)")
     build.add_argument("--version", help="build as this version (a copy of pyproject.toml)")
-    build.add_argument("--with-deps", action="store_true", help="the dependencies' wheels too")
+    build.add_argument(
+        "--with-deps", action="store_true",
+        help="the dependencies' wheels too, built for this machine: run it on the stations' "
+        "platform (a Pi with their OS) when they need compiled ones",
+    )  # fmt: skip
     build.add_argument("--out", type=Path, required=True)
     build.set_defaults(handler=cmd_build)
 
