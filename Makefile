@@ -59,6 +59,26 @@ bench: venv
 	$(BIN)/python -m bench.telemetry_bytes
 	$(BIN)/python -m bench.collector_ingest
 	$(BIN)/python -m bench.emergency_fanout
+	$(BIN)/python -m bench.unit_security
+	$(BIN)/python -m bench.footprint
+	$(BIN)/python -m bench.playback_cpu
+	$(BIN)/python -m bench.playlist_scale
+	$(BIN)/python -m bench.coverage_scale
+	$(BIN)/python -m bench.report
+
+# The benchmarks that have a shorter --quick mode (unit_security has none and takes seconds),
+# then the report; each result file says whether it was quick. start_accuracy, preemption,
+# memory_60min, prefetch and cache_scan have no --quick and are left out.
+.PHONY: bench-quick
+bench-quick: venv
+	$(BIN)/python -m bench.telemetry_bytes --quick
+	$(BIN)/python -m bench.collector_ingest --quick
+	$(BIN)/python -m bench.emergency_fanout --quick
+	$(BIN)/python -m bench.unit_security
+	$(BIN)/python -m bench.footprint --quick
+	$(BIN)/python -m bench.playback_cpu --quick
+	$(BIN)/python -m bench.playlist_scale --quick
+	$(BIN)/python -m bench.coverage_scale --quick
 	$(BIN)/python -m bench.report
 
 demo: venv

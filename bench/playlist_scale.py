@@ -234,7 +234,7 @@ def run(tmp: Path, trials: int, quick: bool) -> dict[str, Any]:
         "command": COMMAND + (" --quick" if quick else ""),
         "quick": quick,
         "n": trials,
-        "seconds": round(seconds, 4),
+        "seconds": round(seconds, 3),
         "baseline_seconds": round(floor, 4),
         "ratio": round(seconds / floor, 1),
         "figures": ["seconds", "ratio"],
