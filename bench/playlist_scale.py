@@ -36,6 +36,7 @@ import argparse
 import base64
 import hashlib
 import json
+import queue
 import statistics
 import sys
 import tempfile
@@ -145,8 +146,10 @@ class Rig:
             self.clock, player, media_ready=lambda m: False, media_path=_no_item,
             volume=lambda o: 80, report=lambda outcome: None, resume_window=timedelta(hours=1),
         )  # fmt: skip
-        self.fired: list[str] = []
-        self.timers = Timers(self.fired.append)
+        # What the station gives its timers: a Python function putting the key on the runtime's
+        # queue (APScheduler inspects its signature once per job, and a builtin's costs more).
+        self.inbox: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self.timers = Timers(lambda key: self.inbox.put(key))
         self.timers.start()
         self.lead_s = self.config.audio.warmup_s + self.config.audio.decoder_lead_s
 
