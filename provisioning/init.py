@@ -76,9 +76,12 @@ def render_config(req: InitRequest) -> str:
     brokers = ", ".join(_toml_str(b) for b in req.brokers)
     amp = f"amp_pin = {req.amp_pin}" if req.amp_pin is not None else "# amp_pin = 17"
     zones = "\n".join(f"{_toml_key(z)} = {p}" for z, p in req.zones.items()) or "# north = 27"
+    # Health inputs (mains, amp_power, speaker_line): the table only when there are some, so a
+    # technician (or a test) adding "[inputs]" later does not declare it twice.
     inputs = (
-        "\n".join(f"{_toml_key(n)} = {p}" for n, p in req.inputs.items())
-        or "# mains = 5\n# amp_power = 6\n# speaker_line = 13"
+        "[inputs]\n" + "\n".join(f"{_toml_key(n)} = {p}" for n, p in req.inputs.items())
+        if req.inputs
+        else "# [inputs]\n# mains = 5\n# amp_power = 6\n# speaker_line = 13"
     )
     return f"""# Loa station configuration, written by `loa-provision init`.
 # Relative paths are relative to this file's directory.
@@ -110,7 +113,6 @@ device = {_toml_str(req.audio_device)}
 [gpio.zones]
 {zones}
 
-[inputs]
 {inputs}
 """
 

@@ -66,7 +66,7 @@ def loa_provision(
 def add_inputs(directory: Path, **pins: int) -> None:
     config = directory / "station.toml"
     lines = "".join(f"{name} = {pin}\n" for name, pin in pins.items())
-    config.write_text(config.read_text().replace("[inputs]\n", "[inputs]\n" + lines))
+    config.write_text(config.read_text() + "\n[inputs]\n" + lines)
 
 
 def test_a_station_that_is_ready_passes_every_check(
