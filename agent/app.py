@@ -36,6 +36,7 @@ from agent.outbox import Outbox
 from agent.player import Player, PlayResult
 from agent.station import Station
 from agent.trust_store import TrustStore
+from hal import memory
 from hal.audio import Decoder, PyAudioSink, open_sink
 from hal.capture import CaptureError, PyAudioProbe
 from hal.chimes import PcmClip, chime_pcm
@@ -198,6 +199,7 @@ def supervise(
     def ready() -> None:
         nonlocal last_status
         last_status = "idle"
+        memory.trim()  # what start-up parsed and freed leaves the resident set
         notifier.ready(status=last_status)
         log.info("ready%s", f" (watchdog every {watchdog_s:g} s)" if watchdog_s else "")
 
@@ -209,6 +211,8 @@ def supervise(
             stopping.wait()
             return
         changed = status != last_status
+        if changed and status == "idle":
+            memory.trim()  # a play's buffers, freed
         last_status = status
         notifier.watchdog(status=status if changed else None)
 
