@@ -264,12 +264,16 @@ def cmd_check(args: argparse.Namespace, term: Terminal) -> int:
     return EXIT_FAILED
 
 
+def _agent_in_the_way(config_path: Path, why: str) -> bool:
+    """What touches the hardware or the state waits for the agent to be stopped."""
+    if running_agent(config_path) is None:
+        return False
+    print(why + ": " + _("stop it first (sudo systemctl stop loa-agent)."), file=sys.stderr)
+    return True
+
+
 def cmd_relay_test(config: Config, args: argparse.Namespace, term: Terminal) -> int:
-    if running_agent(args.config) is not None:
-        print(
-            _("The agent holds the relays: stop it first (sudo systemctl stop loa-agent)."),
-            file=sys.stderr,
-        )
+    if _agent_in_the_way(args.config, _("The agent holds the relays")):
         return EXIT_FAILED
     with hardware.open_hardware(config) as hw:
         result = hardware.relay_test(hw, tuple(config.zones))
@@ -299,14 +303,7 @@ def _yn(value: bool | None) -> str:
 
 
 def cmd_audio_test(config: Config, args: argparse.Namespace, term: Terminal) -> int:
-    if running_agent(args.config) is not None:
-        print(
-            _(
-                "The agent holds the sound card and relays: stop it first "
-                "(sudo systemctl stop loa-agent)."
-            ),
-            file=sys.stderr,
-        )
+    if _agent_in_the_way(args.config, _("The agent holds the sound card and relays")):
         return EXIT_FAILED
     zones = tuple(args.zone) or ("all",)
     unknown = [z for z in zones if z != "all" and z not in config.zones]
@@ -371,11 +368,7 @@ def _speech(config: Config) -> Path | None:
 
 
 def cmd_factory_reset(config: Config, args: argparse.Namespace, term: Terminal) -> int:
-    if running_agent(args.config) is not None:
-        print(
-            _("The agent is running: stop it first (sudo systemctl stop loa-agent)."),
-            file=sys.stderr,
-        )
+    if _agent_in_the_way(args.config, _("The agent is running")):
         return EXIT_FAILED
     planned = reset.plan(config, args.config)
     term.line(
