@@ -138,6 +138,7 @@ def _pins(pairs: Sequence[str], what: str) -> dict[str, int]:
 def cmd_init(args: argparse.Namespace) -> int:
     try:
         station = StationId(args.province, args.commune, args.station)
+        zones, inputs = _pins(args.zone, "zone"), _pins(args.input, "input")
     except ValueError as exc:
         print(f"loa-provision: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -149,11 +150,6 @@ def cmd_init(args: argparse.Namespace) -> int:
             + _("cannot read {path}: {error}").format(path=args.keyring, error=exc.strerror),
             file=sys.stderr,
         )
-        return EXIT_USAGE
-    try:
-        zones, inputs = _pins(args.zone, "zone"), _pins(args.input, "input")
-    except ValueError as exc:
-        print(f"loa-provision: {exc}", file=sys.stderr)
         return EXIT_USAGE
     request = InitRequest(
         station,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.config import read_config
 from agent.core.trust_state import RaiseTimeFloor
 from agent.outbox import Outbox
 from agent.trust_store import TrustStore
@@ -21,6 +22,7 @@ from province.mosquitto import find_mosquitto
 from tests.harness.audio import analyse_pcm
 from tests.harness.broker import MosquittoBroker
 from tests.harness.station_proc import provision_station
+from tests.harness.trust import VECTORS
 
 pytestmark = pytest.mark.integration
 
@@ -227,3 +229,30 @@ def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def test_init_writes_the_zones_pins_and_sound_card_a_technician_gives(tmp_path: Path) -> None:
+    directory = tmp_path / "new"
+    done = subprocess.run(
+        [str(BIN / "loa-provision"), "--lang", "en", "init", "--province", "25",
+         "--commune", "08230", "--station", "08230-07", "--keyring",
+         str(VECTORS / "keyring-v1.json"),
+         "--dir", str(directory), "--zone", "north=27", "--zone", "market=22", "--amp-pin", "17",
+         "--input", "amp_power=6", "--audio-device", "USB Audio", "--clock", "system"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "Station 25/08230/08230-07 provisioned" in done.stdout
+    config = read_config(directory / "station.toml", {})
+    assert dict(config.zones) == {"north": 27, "market": 22}
+    assert config.amp_pin == 17
+    assert dict(config.inputs.pins) == {"amp_power": 6}
+    assert config.audio.device == "USB Audio"
+    bad = subprocess.run(
+        [str(BIN / "loa-provision"), "init", "--province", "25", "--commune", "08230",
+         "--station", "08230-08", "--keyring", "/nonexistent", "--dir", str(tmp_path / "x"),
+         "--zone", "north"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert bad.returncode == 2
+    assert "expected NAME=PIN" in bad.stderr
