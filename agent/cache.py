@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import IO, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
+from agent import faults
 from agent.core.backoff import full_jitter
 from agent.core.codes import Code
 
@@ -293,8 +294,10 @@ class MediaCache:
                 kept = stable and self._keep_partial(fd, failure)
                 self._local(os.close, fd)  # also releases the flock
             crash_point("before-rename")
+            faults.crash_point(faults.CACHE_WRITTEN)  # complete, verified, fsynced; not renamed
             os.replace(partial, target)
             crash_point("after-rename")
+            faults.crash_point(faults.CACHE_RENAMED)  # renamed; directory not fsynced, no sidecar
         except BaseException:
             if not kept:
                 partial.unlink(missing_ok=True)

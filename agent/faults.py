@@ -12,15 +12,58 @@ Points:
     The station's runtime thread blocks, until the process is told to stop, the first time it
     handles a watchdog tick after READY (``agent/app.py``): the main loop stops making progress
     while every other thread runs on, so systemd's watchdog must be what notices.
+
+``crash:<point>[:<n>]``
+    The process SIGKILLs itself (a real SIGKILL: no clean-up, no ``finally``, no atexit, as a
+    power cut or the OOM killer would end it) the ``n``-th time (1 unless given) it passes the
+    crash point ``<point>``, one of ``CRASH_POINTS`` (each described in ``CRASH_POINT_DOCS``).
+    Several may be armed at once (``crash:cache-written,crash:play-ended:3``). The variable is
+    read once, on the first pass of any point; unset, a pass costs one global lookup and a
+    comparison. Just before dying the point writes one line to stderr
+    (``loa fault: crash at <point> (pass <n>)``) so a test can tell its kill from any other.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
 from collections.abc import Mapping
 
 ENV = "LOA_FAULT"
 STALL_MAIN_LOOP = "stall-main-loop"
+CRASH_PREFIX = "crash:"
+
+# The crash points, in the order a station passes them from a playlist to its as-run.
+PLAYLIST_ACCEPTED = "playlist-accepted"
+KEYRING_STORED = "keyring-stored"
+CACHE_WRITTEN = "cache-written"
+CACHE_RENAMED = "cache-renamed"
+OUTBOX_WRITTEN = "outbox-written"
+OUTBOX_ACKED = "outbox-acked"
+PLAY_STARTED = "play-started"
+PLAY_ENDED = "play-ended"
+
+CRASH_POINT_DOCS: dict[str, str] = {
+    PLAYLIST_ACCEPTED: "agent/trust_store.py: an accepted playlist's transaction has committed; "
+    "the station has not reloaded its playlists nor replanned yet.",
+    KEYRING_STORED: "agent/trust_store.py: a keyring rotation's transaction has committed; the "
+    "station has not retried the envelopes held for it yet.",
+    CACHE_WRITTEN: "agent/cache.py: a download's temporary file is complete, verified against "
+    "its hash and fsynced; it has not been renamed to its hash name yet.",
+    CACHE_RENAMED: "agent/cache.py: the file has its hash name; the cache directory is not "
+    "fsynced yet and no loudness sidecar or verified index mentions it.",
+    OUTBOX_WRITTEN: "agent/outbox.py: a report (and, for an as-run, its occurrence's booking) "
+    "has committed; it has not been published yet.",
+    OUTBOX_ACKED: "agent/outbox.py: a receipt's deletes have committed; the station has not "
+    "flushed what the receipt made room for yet.",
+    PLAY_STARTED: "agent/player.py: the first sample of an item is written to the sound card; "
+    "the station has not been told, so no on-air mark is stored yet.",
+    PLAY_ENDED: "agent/player.py: the last sample is written and the sink closed; the hold "
+    "time, the relays off and the as-run are still to come.",
+}
+CRASH_POINTS: tuple[str, ...] = tuple(CRASH_POINT_DOCS)
 KNOWN = frozenset({STALL_MAIN_LOOP})
 
 
@@ -32,5 +75,63 @@ def active(name: str, environ: Mapping[str, str] = os.environ) -> bool:
     return name in names(environ)
 
 
+def crashes(environ: Mapping[str, str] = os.environ) -> dict[str, int]:
+    """The armed crash points: point -> the pass (1-based) that kills. Malformed entries
+    (unknown point, a count that is not a positive integer) are left out: ``unknown`` names
+    them."""
+    armed: dict[str, int] = {}
+    for name in names(environ):
+        parsed = _parse_crash(name)
+        if parsed is not None:
+            armed[parsed[0]] = parsed[1]
+    return armed
+
+
 def unknown(environ: Mapping[str, str] = os.environ) -> frozenset[str]:
-    return names(environ) - KNOWN
+    return frozenset(
+        name
+        for name in names(environ)
+        if name not in KNOWN and not (name.startswith(CRASH_PREFIX) and _parse_crash(name))
+    )
+
+
+def _parse_crash(name: str) -> tuple[str, int] | None:
+    if not name.startswith(CRASH_PREFIX):
+        return None
+    point, _, count = name[len(CRASH_PREFIX) :].partition(":")
+    if point not in CRASH_POINT_DOCS:
+        return None
+    if not count:
+        return point, 1
+    if not count.isdigit() or int(count) < 1:
+        return None
+    return point, int(count)
+
+
+# Read on the first pass of any point: None until then, {} when nothing is armed.
+_armed: dict[str, int] | None = None
+_passes: dict[str, int] = {}
+_lock = threading.Lock()
+
+
+def crash_point(point: str) -> None:
+    """Die here by SIGKILL if ``point`` is armed and this is its ``n``-th pass (see above)."""
+    armed = _armed
+    if armed is None:
+        armed = _arm()
+    if not armed or point not in armed:
+        return
+    with _lock:  # points are passed on several threads (player, media workers, runtime)
+        passes = _passes[point] = _passes.get(point, 0) + 1
+    if passes == armed[point]:
+        with contextlib.suppress(OSError):  # no stderr: die all the same
+            os.write(2, f"loa fault: crash at {point} (pass {passes})\n".encode())
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _arm() -> dict[str, int]:
+    global _armed
+    with _lock:
+        if _armed is None:
+            _armed = crashes()
+        return _armed

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from agent import faults
+
 KINDS = ("heartbeat", "asrun", "event")
 # The order in which reports give way when the outbox is over its cap: the proof of play last.
 DROP_ORDER = ("heartbeat", "event", "asrun")
@@ -124,6 +126,7 @@ class Outbox:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+        faults.crash_point(faults.OUTBOX_WRITTEN)  # committed, not yet published
         return Report(int(cursor.lastrowid or 0), kind, seq, topic, payload)
 
     def pending(self, after_id: int = 0, limit: int = 500) -> list[Report]:
@@ -150,6 +153,7 @@ class Outbox:
                         deleted += cur.rowcount
         except sqlite3.Error as exc:
             raise OutboxError(f"cannot apply receipt: {exc}") from exc
+        faults.crash_point(faults.OUTBOX_ACKED)  # the deletes committed, nothing flushed yet
         return deleted
 
     def mark_reported(self, key: str, outcome: str, now: datetime) -> None:

@@ -25,6 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
+from agent import faults
 from agent.core.clock import Clock
 from hal.audio import CHANNELS, SAMPLE_RATE, SAMPLE_WIDTH, AudioError, AudioSink, LevelMeter
 from hal.capture import LevelProbe, SilenceWatch
@@ -462,6 +463,7 @@ class Player:
                             watch.arm()
                             sink.write(chunk)
                             if is_item and not announced:
+                                faults.crash_point(faults.PLAY_STARTED)  # sounding, not marked
                                 announced = True
                                 if self.on_item is not None:
                                     self.on_item(request.key, item)
@@ -485,6 +487,7 @@ class Player:
                 sink.close()
                 if probing and self._probe is not None:
                     measured = self._probe.stop()
+            faults.crash_point(faults.PLAY_ENDED)  # the last sample is out, no as-run yet
             if cut.is_set():
                 outcome, reason = self._cut_reason
             elif self._hold_s:

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
 
+from agent import faults
 from agent.core import strict
 from agent.core.models import Keyring
 from agent.core.trust_state import (
@@ -101,6 +102,11 @@ class TrustStore:
         except sqlite3.Error as exc:
             self._rollback()
             raise StoreError(f"cannot commit state: {exc}") from exc
+        # Crash points: committed, and nobody (the station's replan, the held envelopes) knows.
+        if any(isinstance(e, StorePlaylist) for effects, _ in self._written for e in effects):
+            faults.crash_point(faults.PLAYLIST_ACCEPTED)
+        if any(isinstance(e, StoreKeyring) for effects, _ in self._written for e in effects):
+            faults.crash_point(faults.KEYRING_STORED)
         if self._written and self._cached is not None:
             for effects, now in self._written:
                 state = _forget_expired(apply(state, effects), now)
