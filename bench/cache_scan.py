@@ -30,9 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from agent.cache import MediaCache
-from bench.common import machine_info, rounded, write_result
+from bench.common import RESULTS, machine_info, rounded, write_result
 
 COMMAND = ".venv/bin/python -m bench.cache_scan"
+QUICK = {"files": 20, "mib": 2}
 MIB = 1024 * 1024
 SEED = 20240602
 
@@ -159,13 +160,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--files", type=int, default=200)
     parser.add_argument("--mib", type=int, default=10)
+    parser.add_argument("--quick", action="store_true", help="20 x 2 MiB: a smoke run")
+    parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    if args.quick:
+        args.files, args.mib = QUICK["files"], QUICK["mib"]
     if shutil.which("sha256sum") is None:
         print("bench.cache_scan: sha256sum (coreutils) is not installed", file=sys.stderr)
         return 1
     with tempfile.TemporaryDirectory(prefix="loa-bench-cache-scan-") as tmp:
         result = run(Path(tmp), args.files, args.mib)
-    write_result("cache_scan", result)
+    result["command"] = COMMAND + (" --quick" if args.quick else "")
+    result["quick"] = args.quick
+    write_result("cache_scan", result, args.results)
     print(
         f"cache_scan: verify_all full {result['mb_per_s']:.1f} MB/s, sha256sum "
         f"{result['sha256sum_mb_per_s']:.1f} MB/s, ratio {result['ratio']:.2f} (Loa's time / "

@@ -38,10 +38,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench.common import machine_info, make_tone, write_result
+from bench.common import RESULTS, machine_info, make_tone, write_result
 from province.demo import Demo, playlist_doc, tune_for_demo
 
 COMMAND = ".venv/bin/python -m bench.memory_60min"
+QUICK_MINUTES = 1.0
 STATION = ("25", "08230", "08230-01")
 BIN = Path(sys.executable).parent
 MIB = 1024 * 1024
@@ -148,7 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=60.0, help="programme length")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--quick", action="store_true", help=f"a {QUICK_MINUTES:g}-minute programme: a smoke run"
+    )
+    parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    if args.quick:
+        args.minutes = QUICK_MINUTES
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="loa-bench-memory-"))
     try:
@@ -159,7 +166,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             subprocess.run(["rm", "-rf", str(tmp)], check=False)
     result["wall_s"] = round(time.monotonic() - started, 1)
-    write_result("memory_60min", result)
+    result["command"] = COMMAND + (" --quick" if args.quick else "")
+    result["quick"] = args.quick
+    if args.minutes != 60:
+        result["title"] = result["title"].replace("60-minute", f"{args.minutes:g}-minute")
+        result["labels"]["peak_during_play_rss_mb"] = (
+            f"peak RSS of the agent while it plays the {args.minutes:g}-minute programme"
+        )
+    write_result("memory_60min", result, args.results)
     print(
         f"memory: idle RSS {result['idle_rss_mb']:.1f} MiB, peak RSS {result['peak_rss_mb']:.1f}"
         f" MiB (during the play {result['peak_during_play_rss_mb']:.1f} MiB); ffmpeg peak "

@@ -24,11 +24,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import machine_info, make_chirp, make_tone, summary, write_result
+from bench.common import RESULTS, machine_info, make_chirp, make_tone, summary, write_result
 from bench.paced_sink import RATE, MonitorCapture, PulseNullSink, Reference, calibrate
 from bench.player_rig import PlayerRig, reference
 
 COMMAND = ".venv/bin/python -m bench.preemption"
+QUICK_N = 5
 CAPTURE_LATENCY_MS = 2
 AUDIBLE = 1000  # the old programme's peaks are 3277; silence is 0
 
@@ -64,7 +65,11 @@ def trial(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=60, help="preemptions (default 60)")
+    parser.add_argument("--quick", action="store_true", help=f"-n {QUICK_N}: a smoke run")
+    parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    if args.quick:
+        args.n = QUICK_N
     if args.n < 2:
         parser.error("-n must be at least 2")
     started = time.monotonic()
@@ -91,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {
         "benchmark": "preemption",
         "title": "Preemption: cut request to the new item's first sample at the sink, warm-up 0",
-        "command": COMMAND,
+        "command": COMMAND + (" --quick" if args.quick else ""),
+        "quick": args.quick,
         "n": latency["n"],
         "p50_ms": latency["p50_ms"],
         "p99_ms": latency["p99_ms"],
@@ -126,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(),
         "wall_s": round(time.monotonic() - started, 1),
     }
-    write_result("preemption", result)
+    write_result("preemption", result, args.results)
     d = result["detail"]
     print(
         f"preemption: n={latency['n']} cut->new first sample p50={latency['p50_ms']:.1f} ms "

@@ -33,9 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from agent.cache import MediaCache
-from bench.common import machine_info, rounded, write_result
+from bench.common import RESULTS, machine_info, rounded, write_result
 
 COMMAND = ".venv/bin/python -m bench.prefetch"
+QUICK = {"files": 5, "mib": 2, "trials": 2}
 MIB = 1024 * 1024
 SEED = 20240601
 
@@ -181,13 +182,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--files", type=int, default=20)
     parser.add_argument("--mib", type=int, default=10)
     parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="5 x 2 MiB, 2 trials: a smoke run")
+    parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    if args.quick:
+        args.files, args.mib, args.trials = QUICK["files"], QUICK["mib"], QUICK["trials"]
     if shutil.which("curl") is None:
         print("bench.prefetch: curl is not installed (make deps)", file=sys.stderr)
         return 1
     with tempfile.TemporaryDirectory(prefix="loa-bench-prefetch-") as tmp:
         result = run(Path(tmp), args.files, args.mib, args.trials)
-    write_result("prefetch", result)
+    result["command"] = COMMAND + (" --quick" if args.quick else "")
+    result["quick"] = args.quick
+    write_result("prefetch", result, args.results)
     print(
         f"prefetch: MediaCache.fetch {result['mb_per_s']:.1f} MB/s, curl "
         f"{result['curl_mb_per_s']:.1f} MB/s (curl+sync "

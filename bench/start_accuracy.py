@@ -26,7 +26,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import machine_info, make_chirp, rounded, sleep_until, summary, write_result
+from bench.common import (
+    RESULTS,
+    machine_info,
+    make_chirp,
+    rounded,
+    sleep_until,
+    summary,
+    write_result,
+)
 from bench.paced_sink import (
     LOUD,
     RATE,
@@ -39,6 +47,7 @@ from bench.player_rig import HAS_PREROLL, PlayerRig, reference
 from hal.audio import PyAudioSink
 
 COMMAND = ".venv/bin/python -m bench.start_accuracy"
+QUICK_N = 5
 CAPTURE_LATENCY_MS = 2
 
 
@@ -88,7 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=60, help="trials per mode (default 60)")
     parser.add_argument("--lead", type=float, default=0.5, help="pre-roll: play() this early")
+    parser.add_argument("--quick", action="store_true", help=f"-n {QUICK_N}: a smoke run")
+    parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    if args.quick:
+        args.n = QUICK_N
     if args.n < 2:
         parser.error("-n must be at least 2")
     started = time.monotonic()
@@ -124,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {
         "benchmark": "start_accuracy",
         "title": "Start accuracy: |first sample at the sink - scheduled instant|, warm-up 0",
-        "command": COMMAND,
+        "command": COMMAND + (" --quick" if args.quick else ""),
+        "quick": args.quick,
         "preroll_available": HAS_PREROLL,
         "n": preroll["n"] if preroll else 0,
         "p50_ms": preroll["p50_ms"] if preroll else None,
@@ -166,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(),
         "wall_s": round(time.monotonic() - started, 1),
     }
-    write_result("start_accuracy", result)
+    write_result("start_accuracy", result, args.results)
     print_result(result)
     return 0
 

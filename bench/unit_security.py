@@ -13,6 +13,7 @@ user, and says nothing about whether the agent runs under it; the integration te
 
 from __future__ import annotations
 
+import argparse
 import re
 import shutil
 import subprocess
@@ -21,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, machine_info, write_result
+from bench.common import RESULTS, ROOT, machine_info, write_result
 
 COMMAND = ".venv/bin/python -m bench.unit_security"
 UNIT = ROOT / "systemd" / "loa-agent.service"
@@ -103,12 +104,15 @@ def run() -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
     try:
         result = run()
     except (AnalyzeError, subprocess.CalledProcessError) as exc:
         print(f"bench.unit_security: {exc}", file=sys.stderr)
         return 1
-    write_result("unit_security", result)
+    write_result("unit_security", result, args.results)
     met = "met" if result["target"]["met"] else "NOT met"
     print(
         f"unit_security: exposure {result['exposure']:g} (before: "
