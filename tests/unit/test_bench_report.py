@@ -184,3 +184,194 @@ def test_percentiles_interpolate_between_closest_ranks() -> None:
     assert summary([3.0, 1.0, 2.0]) == {
         "n": 3, "p50_ms": 2.0, "p99_ms": 2.98, "min_ms": 1.0, "max_ms": 3.0, "mean_ms": 2.0,
     }  # fmt: skip
+
+
+# docs/scale.md: the measured figures and those derived from them ------------------------------
+
+
+def collector_ingest(**overrides: Any) -> dict[str, Any]:
+    return {
+        "benchmark": "collector_ingest",
+        "command": ".venv/bin/python -m bench.collector_ingest",
+        "quick": False,
+        "n": 1000,
+        "msgs_per_s": 1000.0,
+        "baseline_msgs_per_s": 4000.0,
+        "stored_exactly_once": True,
+        "detail": {"stations": 10, "burst": {"sent": 1000, "lost": 250}},
+        "machine": MACHINE,
+        **overrides,
+    }
+
+
+def telemetry_bytes(**overrides: Any) -> dict[str, Any]:
+    # 24 reconnects of 1 heartbeat each, 96 heartbeats, pings that store nothing, one playlist
+    # update of 10 events: 24 + 96 + 0 + 10 = 130 reports, + 24 births = 154 messages a day.
+    return {
+        "benchmark": "telemetry_bytes",
+        "command": ".venv/bin/python -m bench.telemetry_bytes --quick",
+        "quick": True,
+        "kb_per_day": 200.0,
+        "breakdown": {
+            "reconnect": {"count_per_day": 24.0},
+            "heartbeat": {"count_per_day": 96.0},
+            "ping": {"count_per_day": 720.0},
+            "playlist_update": {"count_per_day": 1.0},
+        },
+        "units": {
+            "reconnect": {"n": 2, "reports_stored_each": [{"heartbeat": 1}, {"heartbeat": 1}]},
+            "heartbeat": {"n": 4, "reports_stored_each": [{"heartbeat": 4}]},
+            "ping": {"n": 3, "reports_stored_each": [{}]},
+            "playlist_update": {"n": 1, "reports_stored_each": [{"event": 10}]},
+        },
+        "machine": MACHINE,
+        **overrides,
+    }
+
+
+def emergency_fanout() -> dict[str, Any]:
+    def rounds(n_emergency_cores: float) -> list[dict[str, Any]]:
+        return [
+            {"message": "emergency", "broker_cores": n_emergency_cores, "window_s": 0.5},
+            {"message": "bare", "broker_cores": 0.2, "window_s": 0.05},
+            {"message": "emergency", "broker_cores": n_emergency_cores, "window_s": 0.5},
+            {"message": "bare", "broker_cores": 0.4, "window_s": 0.05},
+        ]
+
+    size = {"first_frame": {"p50_ms": 30.0, "p99_ms": 60.0}, "bare_delivery": {"p99_ms": 10.0}}
+    return {
+        "benchmark": "emergency_fanout",
+        "command": ".venv/bin/python -m bench.emergency_fanout",
+        "detail": {
+            "sizes": {
+                "100": {**size, "rounds": rounds(0.1)},
+                "1000": {**size, "rounds": rounds(0.08)},
+            }
+        },
+        "machine": MACHINE,
+    }
+
+
+def scale_rows(text: str, section: str) -> dict[str, list[str]]:
+    """The rows of the generated block's ``section`` table, by their first cell."""
+    inside = text.split(report.SCALE_BEGIN, 1)[1].split(report.END, 1)[0]
+    body = inside.split(f"### {section}", 1)[1].split("###", 1)[0]
+    rows = {}
+    for line in body.splitlines():
+        if line.startswith("| ") and "---" not in line and not line.startswith("| Figure"):
+            cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def run_scale(tmp_path: Path, *results: dict[str, Any]) -> str:
+    for result in results:
+        write(tmp_path / "results", str(result["benchmark"]), result)
+    assert run_report(tmp_path)[0] == 0
+    return (tmp_path / "docs" / "scale.md").read_text()
+
+
+def test_messages_a_day_are_counts_times_reports_stored_per_exchange_plus_births() -> None:
+    per_day = report.telemetry_messages_per_day(telemetry_bytes())
+    assert per_day is not None
+    assert per_day["reports"] == 130
+    assert per_day["births"] == 24
+    assert per_day["messages"] == 154
+
+
+def test_without_a_breakdown_with_counts_messages_a_day_are_not_invented(tmp_path: Path) -> None:
+    bare = telemetry_bytes()
+    del bare["breakdown"]
+    assert report.telemetry_messages_per_day(bare) is None
+    text = run_scale(tmp_path, collector_ingest(), bare)
+    measured = scale_rows(text, "Measured")
+    assert "no breakdown with counts" in measured["messages per station per day"][0]
+    derived = scale_rows(text, "Derived")
+    row = derived["stations one collector keeps up with, steady rate"]
+    assert row[0].startswith("cannot be derived")
+
+
+def test_derived_figures_follow_their_formulas(tmp_path: Path) -> None:
+    text = run_scale(tmp_path, collector_ingest(), telemetry_bytes(), emergency_fanout())
+    derived = scale_rows(text, "Derived")
+    # 1000 msgs/s x 86,400 / 154 messages a day
+    keeps_up = derived["stations one collector keeps up with, steady rate"]
+    assert keeps_up[0] == f"{1000 * 86400 / 154:,.0f}"
+    assert "86,400 / 154" in keeps_up[1]
+    assert keeps_up[2]  # its assumption is stated
+    # 10,000 stations x 130 reports a day x 24/24 / 1000 msgs/s = 1,300 s
+    catch_up = derived["catch-up after a 24 h collector outage, 10,000 stations"]
+    assert catch_up[0] == "1,300 s (21.7 min)"
+    # N=1000 (the largest): 2 emergency rounds x 0.08 cores x 0.5 s / (2 x 1000) = 0.04 ms
+    cpu = derived["mosquitto CPU per station, one emergency message at N=1000"]
+    assert cpu[0] == "0.040 ms"
+    assert derived["stations one broker core reaches with an emergency within 1 s"][0] == "25,000"
+    # bare: (0.2 x 0.05 + 0.4 x 0.05) / (2 x 1000) = 0.015 ms
+    assert derived["mosquitto CPU per station, one bare message at N=1000"][0] == "0.015 ms"
+    measured = scale_rows(text, "Measured")
+    assert measured["N=1000: mosquitto's CPU during the rounds, in cores (mean of rounds; "
+                    "the machine's 2 cores were busy with the stations)"][0] == (
+        "emergency 0.08, bare 0.30"
+    )  # fmt: skip
+
+
+def test_catch_up_and_capacity_helpers() -> None:
+    assert report.stations_per_collector(100.0, 864.0) == 10_000
+    assert report.catch_up_s(1_000, 12.0, 240.0, 50.0) == 2_400
+
+
+def test_a_missing_result_is_said_to_be_missing_not_guessed(tmp_path: Path) -> None:
+    text = run_scale(tmp_path, telemetry_bytes())
+    measured = scale_rows(text, "Measured")
+    row = measured["one collector: reports stored per second"]
+    assert row[0].startswith("not measured: run `.venv/bin/python -m bench.collector_ingest`")
+    assert "collector_ingest.json` missing" in row[1]
+    assert "emergency fan-out to N stations on one mosquitto" in measured
+    derived = scale_rows(text, "Derived")
+    for key, cells in derived.items():
+        if "collector" in key or "broker" in key:
+            assert cells[0].startswith("cannot be derived"), key
+
+
+def test_a_quick_coverage_run_is_flagged_and_only_projected(tmp_path: Path) -> None:
+    coverage = {
+        "benchmark": "coverage_scale",
+        "command": ".venv/bin/python -m bench.coverage_scale --quick",
+        "quick": True,
+        "sqlite_seconds": 0.1,
+        "postgresql_seconds": None,
+        "missing": {"postgresql_seconds": "PostgreSQL could not start"},
+        "detail": {"days": 3, "stations": 100, "station_occurrences": 1200},
+        "machine": MACHINE,
+    }
+    text = run_scale(tmp_path, coverage)
+    measured = scale_rows(text, "Measured")
+    sqlite = next(v for k, v in measured.items() if k.startswith("coverage") and "SQLite" in k)
+    assert sqlite == ["0.1", sqlite[1]] and "**quick**" in sqlite[1]
+    pg = next(v for k, v in measured.items() if k.startswith("coverage") and "PostgreSQL" in k)
+    assert pg[0] == "not measured (PostgreSQL could not start)"
+    derived = scale_rows(text, "Derived")
+    projected = derived["coverage report, 30 days x 1,000 stations, SQLite (projection, not a "
+                        "measurement)"]  # fmt: skip
+    assert projected[0] == "10.0 s"  # 0.1 s x 120,000 / 1,200
+    assert derived["coverage report, 30 days x 1,000 stations, PostgreSQL"][0].startswith(
+        "cannot be derived"
+    )
+
+
+def test_the_scale_block_keeps_the_prose_around_it(tmp_path: Path) -> None:
+    doc = tmp_path / "docs" / "scale.md"
+    doc.parent.mkdir(parents=True)
+    doc.write_text(f"# Scale\n\nbefore\n\n{report.SCALE_BEGIN}\nold\n{report.END}\n\nafter\n")
+    text = run_scale(tmp_path, collector_ingest())
+    assert text.startswith("# Scale\n\nbefore\n\n" + report.SCALE_BEGIN)
+    assert text.endswith(report.END + "\n\nafter\n")
+    assert "\nold\n" not in text
+
+
+def test_check_renders_both_documents_and_writes_neither(tmp_path: Path) -> None:
+    write(tmp_path / "results", "collector_ingest", collector_ingest())
+    doc = tmp_path / "docs" / "benchmarks.md"
+    code = report.main(["--results", str(tmp_path / "results"), "--doc", str(doc), "--check"])
+    assert code == 0
+    assert not doc.exists() and not (tmp_path / "docs" / "scale.md").exists()
