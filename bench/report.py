@@ -386,6 +386,7 @@ def render_scale(results: list[dict[str, Any]]) -> str:
     else:
         src = _source(fanout, "emergency_fanout")
         sizes = (fanout.get("detail") or {}).get("sizes") or {}
+        cores = (fanout.get("machine") or {}).get("cpu_count", "?")
         if not sizes:
             out.append(_row("emergency fan-out", "no sizes in the file", src))
         for size in sorted(sizes, key=int):
@@ -404,7 +405,7 @@ def render_scale(results: list[dict[str, Any]]) -> str:
             out.append(
                 _row(
                     f"N={size}: mosquitto's CPU during the rounds, in cores (mean of rounds; "
-                    "the machine's 2 cores were busy with the stations)",
+                    f"the machine's {cores} cores were busy with the stations)",
                     "not recorded"
                     if cores_e is None or cores_b is None
                     else f"emergency {cores_e:.2f}, bare {cores_b:.2f}",
@@ -518,7 +519,7 @@ def render_scale(results: list[dict[str, Any]]) -> str:
         out.append(
             _row(
                 what,
-                f"{per:.3f} ms",
+                f"{per:.4g} ms",
                 "sum over rounds of broker_cores x window_s / (rounds x N)",
                 "CPU read in jiffies (10 ms), so each round is coarse; the sum over rounds is "
                 + (
@@ -536,7 +537,7 @@ def render_scale(results: list[dict[str, Any]]) -> str:
                     _fmt(FANOUT_BUDGET_S * 1000 / per)
                     if per > 0
                     else "not bounded by these figures",
-                    f"{FANOUT_BUDGET_S:g} s / {per:.3f} ms",
+                    f"{FANOUT_BUDGET_S:g} s / {per:.4g} ms",
                     "the broker's CPU alone: mosquitto is single-threaded, so one core; "
                     "each station on its own CPU, as in the field; the network not counted",
                 )
