@@ -19,8 +19,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
-import sysconfig
 import tarfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,51 +27,21 @@ from typing import Any
 import pytest
 
 from agent.core import dsse
-from agent.release_install import seed_site_packages
 from tests.harness import trust
 from tests.harness.clock import FakeClock
+from tests.harness.release_build import (
+    GUARD,
+    build_wheel,
+    clean_env,
+    make_release,
+    run,
+    site_packages,
+)
 from tests.harness.trust import envelope, keyid, keyring_body, make_station, public_hex
 
 pytestmark = pytest.mark.integration
 
-CHECKOUT = Path(__file__).resolve().parents[2]
-GUARD = CHECKOUT / "install" / "loa-boot-guard"
-PARTS = ("pyproject.toml", "README.md", "agent", "hal", "provisioning", "province")
 RELEASE_TYPE = "application/vnd.loa.release+json"
-BROKEN_RUN = '    raise RuntimeError("release 0.1.2 is broken (a test release)")\n'
-
-
-def clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(("LOA_", "PYTHON"))}
-
-
-def build_wheel(out: Path, work: Path, version: str, broken: bool = False) -> Path:
-    src = work / f"src-{version}"
-    src.mkdir()
-    for part in PARTS:
-        origin = CHECKOUT / part
-        if origin.is_dir():
-            shutil.copytree(origin, src / part, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(origin, src / part)
-    pyproject = src / "pyproject.toml"
-    pyproject.write_text(
-        pyproject.read_text().replace('version = "0.1.0"', f'version = "{version}"', 1)
-    )
-    if broken:
-        cli = src / "agent" / "cli.py"
-        text = cli.read_text()
-        head = "def cmd_run(config_path: Path, log_level: str) -> int:\n"
-        assert head in text
-        cli.write_text(text.replace(head, head + BROKEN_RUN, 1))
-    done = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(src)],
-        capture_output=True, text=True, timeout=300, cwd=work,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    wheel = out / f"loa-{version}-py3-none-any.whl"
-    assert wheel.exists(), list(out.iterdir())
-    return wheel
 
 
 @pytest.fixture(scope="module")
@@ -109,12 +77,7 @@ class Station:
         self.config = base / "station" / "station.toml"
         self.updates = made.config.paths.state / "updates"
         self.prefix = base / "opt-loa"
-        release = self.prefix / "releases" / "0.1.0"
-        run([sys.executable, "-m", "venv", "--without-pip", str(release)])
-        site = release / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}"
-        seed_site_packages(Path(sysconfig.get_path("purelib")), site / "site-packages")
-        pip = [str(release / "bin/python"), "-m", "pip", "install", "-q", "--no-deps"]
-        run([*pip, "--no-index", str(wheel)])
+        make_release(self.prefix, wheel, "0.1.0")
         os.symlink("releases/0.1.0", self.prefix / "current")
 
     def current(self) -> str:
@@ -189,26 +152,9 @@ class Station:
         return (self.updates / name).exists()
 
 
-def run(command: list[str]) -> subprocess.CompletedProcess[str]:
-    env = clean_env()
-    env["PIP_CONFIG_FILE"] = os.devnull
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done
-
-
 @pytest.fixture
 def station(tmp_path: Path, wheels: dict[str, Path]) -> Station:
     return Station(tmp_path, wheels["0.1.0"])
-
-
-def site_packages(release: Path) -> Path:
-    return (
-        release
-        / "lib"
-        / f"python{sys.version_info.major}.{sys.version_info.minor}"
-        / ("site-packages")
-    )
 
 
 def test_an_update_installs_then_a_broken_one_rolls_back_after_failed_starts(
