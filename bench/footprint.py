@@ -33,13 +33,11 @@ import argparse
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -59,6 +57,7 @@ from bench.memory_60min import media_server, outbox_count
 from province.demo import playlist_doc
 from province.mosquitto import find_mosquitto
 from tests.harness.broker import MosquittoBroker
+from tests.harness.notify import NotifyListener
 from tests.harness.station_proc import BIN, provision_station
 from tests.harness.trust import STATION, envelope
 
@@ -83,44 +82,6 @@ client.loop_start()
 threading.Event().wait()
 """
 INTERPRETER_SCRIPT = "import threading; print('connected', flush=True); threading.Event().wait()"
-
-
-class NotifyListener:
-    """A datagram socket in the abstract namespace standing in for systemd's; keeps what
-    arrives with its monotonic time."""
-
-    def __init__(self) -> None:
-        self.name = f"loa-bench-notify-{uuid.uuid4().hex}"
-        self.received: list[tuple[float, str]] = []
-        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._socket.bind(b"\0" + self.name.encode())
-        self._socket.settimeout(0.1)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._listen, daemon=True)
-        self._thread.start()
-
-    @property
-    def address(self) -> str:
-        return "@" + self.name
-
-    def _listen(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data = self._socket.recv(65536)
-            except TimeoutError:
-                continue
-            self.received.append((time.monotonic(), data.decode(errors="replace")))
-
-    def first(self, key: str) -> float | None:
-        for stamp, message in list(self.received):
-            if any(line.startswith(key + "=") for line in message.split("\n")):
-                return stamp
-        return None
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._socket.close()
 
 
 def unit_watchdog_usec(unit: Path = UNIT) -> int | None:
@@ -187,7 +148,7 @@ def run(tmp: Path, window_s: float, quick: bool) -> dict[str, Any]:
         executable=executable,
     )  # fmt: skip
     broker.start()
-    listener = NotifyListener()
+    listener = NotifyListener("loa-bench-notify")
     processes: list[subprocess.Popen[bytes]] = []
     try:
         heartbeat_s = ReportsConfig().heartbeat_s

@@ -33,12 +33,10 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -54,6 +52,7 @@ from province.mosquitto import find_mosquitto
 from province.registry import Registry
 from tests.harness.broker import MosquittoBroker, Recorder, close_client, connect_client
 from tests.harness.media_server import MediaServer
+from tests.harness.notify import NotifyListener
 from tests.harness.release_build import CHECKOUT, GUARD, build_wheel, clean_env, make_release
 from tests.harness.release_build import source_copy as release_source
 from tests.harness.releases import keyring_with_release, release_envelope, release_key
@@ -85,41 +84,9 @@ def wait(condition: Callable[[], bool], what: str, timeout: float, diag: Callabl
 # -- systemd, as far as the unit goes --------------------------------------------------------
 
 
-class NotifySocket:
-    """A datagram socket standing in for systemd's notification socket."""
-
-    def __init__(self) -> None:
-        self.name = f"loa-test-notify-{uuid.uuid4().hex}"
-        self.received: list[tuple[float, str]] = []
-        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._socket.bind(b"\0" + self.name.encode())
-        self._socket.settimeout(0.2)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._listen, daemon=True)
-        self._thread.start()
-
-    @property
-    def address(self) -> str:
-        return "@" + self.name
-
-    def _listen(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data = self._socket.recv(65536)
-            except TimeoutError:
-                continue
-            self.received.append((time.monotonic(), data.decode()))
-
-    def ready_between(self, start: float, end: float | None) -> bool:
-        return any(
-            start <= stamp <= (end or float("inf")) and "READY=1" in text.split("\n")
-            for stamp, text in list(self.received)
-        )
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._socket.close()
+def ready_between(notify: NotifyListener, start: float, end: float | None) -> bool:
+    """READY=1 arrived within [start, end] (monotonic; end None: up to now)."""
+    return any(start <= stamp <= (end or float("inf")) for stamp, _ in notify.lines("READY"))
 
 
 @dataclass
@@ -145,7 +112,7 @@ class Systemd:
     config: Path
     home: Path
     log: Path
-    notify: NotifySocket
+    notify: NotifyListener
     starts: list[Start] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
     _stopping: threading.Event = field(default_factory=threading.Event)
@@ -403,7 +370,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         reader.record_published("loa/v1/25/keyring/2", "keyring", "25", "25", "v2", body, keyring)
         publish_as_desk(broker, "loa/v1/25/keyring/2", keyring, retain=True)
 
-        notify = NotifySocket()
+        notify = NotifyListener()
         stack.callback(notify.close)
         systemd = Systemd(prefix, toml, station.directory / "home", tmp / "unit.log", notify)
         stack.callback(systemd.stop)
@@ -425,7 +392,7 @@ def test_a_signed_release_is_fetched_staged_installed_and_confirmed(rig: Rig) ->
     )  # fmt: skip
     first = rig.systemd.running()
     assert first is not None and first.release == "releases/0.1.0"
-    assert rig.systemd.notify.ready_between(first.began, None)
+    assert ready_between(rig.systemd.notify, first.began, None)
 
     artifact = rig.release_wheelhouse("0.1.1", CHECKOUT)
     published_at = datetime.now(UTC)
@@ -439,7 +406,7 @@ def test_a_signed_release_is_fetched_staged_installed_and_confirmed(rig: Rig) ->
     assert len(starts) == 2 and starts[1].release == "releases/0.1.1", rig.diag()
     assert "release-install" in starts[1].guard_said, starts[1].guard_said
     assert rig.systemd.running() is starts[1]
-    assert rig.systemd.notify.ready_between(starts[1].began, None)  # READY=1 from 0.1.1
+    assert ready_between(rig.systemd.notify, starts[1].began, None)  # READY=1 from 0.1.1
     assert rig.current() == "releases/0.1.1"
     said = subprocess.run(
         [str(rig.prefix / "current" / "bin" / "loa-agent"), "--version"],
@@ -618,7 +585,7 @@ def test_a_release_that_never_confirms_is_rolled_back_at_its_deadline(rig: Rig) 
         ("releases/0.1.1", 75), ("releases/0.1.4", 75), ("releases/0.1.1", None),
     ], rig.diag()  # fmt: skip
     tried = starts[1]
-    assert rig.systemd.notify.ready_between(tried.began, tried.ended)  # it did reach READY
+    assert ready_between(rig.systemd.notify, tried.began, tried.ended)  # it did reach READY
     assert tried.ended is not None and tried.ended - tried.began > CONFIRM_S - 5
     reason = f"did not confirm within {CONFIRM_S} s"
     assert f"rolled back from 0.1.4 to 0.1.1: {reason}" in starts[-1].guard_said, rig.diag()

@@ -9,19 +9,16 @@ from __future__ import annotations
 import itertools
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from tests.harness.broker import MosquittoBroker
+from tests.harness.notify import NotifyListener
 from tests.harness.station_proc import BIN, StationProcess, provision_station
 from tests.harness.trust import STATION
 
@@ -37,48 +34,6 @@ MDWE_WRAPPER = (
     "    sys.exit(f'prctl(PR_SET_MDWE): errno {ctypes.get_errno()}')\n"
     "os.execv(sys.argv[1], sys.argv[1:])\n"
 )
-
-
-@dataclass
-class NotifyListener:
-    """A datagram socket standing in for systemd's notification socket; keeps what arrives."""
-
-    name: str = field(default_factory=lambda: f"loa-test-notify-{uuid.uuid4().hex}")
-    received: list[tuple[float, str]] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._socket.bind(b"\0" + self.name.encode())
-        self._socket.settimeout(0.2)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._listen, daemon=True)
-        self._thread.start()
-
-    @property
-    def address(self) -> str:
-        return "@" + self.name
-
-    def _listen(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data = self._socket.recv(65536)
-            except TimeoutError:
-                continue
-            self.received.append((time.monotonic(), data.decode()))
-
-    def lines(self, key: str, after: float = 0.0) -> list[tuple[float, str]]:
-        """Every assignment ``key=…`` received after ``after`` (monotonic)."""
-        return [
-            (stamp, line)
-            for stamp, message in list(self.received)
-            for line in message.split("\n")
-            if line.startswith(key + "=") and stamp > after
-        ]
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._socket.close()
 
 
 def wait_until(done: Callable[[], bool], what: str, timeout: float = WAIT_S) -> None:
