@@ -18,8 +18,8 @@ Points:
     power cut or the OOM killer would end it) the ``n``-th time (1 unless given) it passes the
     crash point ``<point>``, one of ``CRASH_POINTS`` (each described in ``CRASH_POINT_DOCS``).
     Several may be armed at once (``crash:cache-written,crash:play-ended:3``). The variable is
-    read once, on the first pass of any point; unset, a pass costs one global lookup and a
-    comparison. Just before dying the point writes one line to stderr
+    read once, when the module is imported; unset, a pass costs one global lookup and a test
+    of an empty dict. Just before dying the point writes one line to stderr
     (``loa fault: crash at <point> (pass <n>)``) so a test can tell its kill from any other.
 """
 
@@ -108,30 +108,26 @@ def _parse_crash(name: str) -> tuple[str, int] | None:
     return point, int(count)
 
 
-# Read on the first pass of any point: None until then, {} when nothing is armed.
-_armed: dict[str, int] | None = None
+# Read once, when the agent imports this module (before anything starts a thread or points fd 2
+# elsewhere: hal/audio.py lends fd 2 to ALSA's chatter while PyAudio opens a device, so the
+# dying line goes to a copy of fd 2 taken now).
+_armed: dict[str, int] = crashes()
+_stderr: int | None = None
+if _armed:
+    with contextlib.suppress(OSError):
+        _stderr = os.dup(2)
 _passes: dict[str, int] = {}
 _lock = threading.Lock()
 
 
 def crash_point(point: str) -> None:
     """Die here by SIGKILL if ``point`` is armed and this is its ``n``-th pass (see above)."""
-    armed = _armed
-    if armed is None:
-        armed = _arm()
-    if not armed or point not in armed:
+    if not _armed or point not in _armed:
         return
     with _lock:  # points are passed on several threads (player, media workers, runtime)
         passes = _passes[point] = _passes.get(point, 0) + 1
-    if passes == armed[point]:
-        with contextlib.suppress(OSError):  # no stderr: die all the same
-            os.write(2, f"loa fault: crash at {point} (pass {passes})\n".encode())
+    if passes == _armed[point]:
+        if _stderr is not None:
+            with contextlib.suppress(OSError):  # no stderr: die all the same
+                os.write(_stderr, f"loa fault: crash at {point} (pass {passes})\n".encode())
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _arm() -> dict[str, int]:
-    global _armed
-    with _lock:
-        if _armed is None:
-            _armed = crashes()
-        return _armed
