@@ -777,10 +777,15 @@ class Station:
         """After a restart: join what is on air at the right offset, report what was missed."""
         now = self.clock.now()
         oldest = now - timedelta(days=self.config.schedule.lookback_days)
-        down_since = max(self.outbox.last_alive() or now, oldest)
         cut_short = self._on_air_when_stopped(now, oldest)
+        marked = {occurrence.key for occurrence, _ in cut_short}
+
+        def settled(key: str) -> bool:  # reported, or left to the cut-short rule below
+            return key in marked or self.outbox.was_reported(key)
+
+        down_since = max(self._open_at(self.outbox.last_alive() or now, settled), oldest)
         past = occurrences(self.playlists.values(), down_since, now)
-        self.programme.catch_up(past, down_since, self.outbox.was_reported)
+        self.programme.catch_up(past, down_since, settled)
         window = timedelta(seconds=self.config.schedule.resume_window_s)
         for occurrence, started in cut_short:
             if (
@@ -799,6 +804,20 @@ class Station:
                 reason = "cut short: the station stopped while it was on air"
                 self._asrun(Outcome(occurrence, "partial", reason, started_at=started))
         self.outbox.set_alive(now)
+
+    def _open_at(self, alive: datetime, settled: Callable[[str], bool]) -> datetime:
+        """Where the catch-up starts: ``alive`` (the last instant the station was known to run),
+        or the start of an occurrence still open then that has no as-run and no on-air mark.
+        Such an occurrence (joined late, or fired and killed before its first sample was
+        marked) lived only in the dead process; a catch-up from ``alive`` would never see it,
+        and it would get no as-run at all (found by tests/e2e/test_crash_points.py)."""
+        window = timedelta(seconds=self.config.schedule.resume_window_s)
+        earliest = alive
+        for occurrence in occurrences(self.playlists.values(), alive - timedelta(days=1), alive):
+            closes = closes_at(occurrence, window)
+            if closes is not None and closes > alive and not settled(occurrence.key):
+                earliest = min(earliest, occurrence.start)
+        return earliest
 
     def _on_air_when_stopped(
         self, now: datetime, oldest: datetime
