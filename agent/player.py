@@ -229,6 +229,11 @@ class Player:
         # Told (key, item index) when an item's first sample goes out: an emergency reports
         # each repetition as it sounds. Called on the playback thread: enqueue only.
         self.on_item: Callable[[str, int], None] | None = None
+        # Told (key) on the playback thread once a play's zones are on, before the pre-roll's
+        # last wait and its first sample: the station makes its on-air mark durable here, so a
+        # crash after the first sample never leaves a play that sounded without one. It must not
+        # raise, and the sound waits for it.
+        self.on_sounding: Callable[[str], None] | None = None
 
     @property
     def busy(self) -> bool:
@@ -445,6 +450,8 @@ class Player:
                                 break
                             self._relays.set_zones(request.zones, True)
                             relay_ok = self._zones_on(request.zones)
+                            if self.on_sounding is not None:
+                                self.on_sounding(request.key)
                             if request.start_at is not None:
                                 latency = float(getattr(sink, "latency_s", 0.0))
                                 if self._wait_until(cut, request.start_at - latency):

@@ -225,25 +225,7 @@ def write_counts(path: Path, counts: dict[str, Any]) -> None:
 # -- CI: every point once ------------------------------------------------------------------------
 
 
-PLAY_STARTED_XFAIL = pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "agent/player.py writes the first sample before the station knows: Player._run calls "
-        "on_item after sink.write, which only enqueues ItemStarted; the runtime thread writes "
-        "the on-air mark (Outbox.mark_on_air) later. Killed in between, the restart finds no "
-        "mark, and once the slot is over it reports the occurrence 'missed' although its first "
-        "chunk reached the card. A cure needs the mark durable before the first sample (from "
-        "the playback thread, or at the pre-roll with the instant the sound is due)."
-    ),
-)
-
-
-@pytest.mark.parametrize(
-    "point",
-    [pytest.param(p, marks=PLAY_STARTED_XFAIL) if p == faults.PLAY_STARTED else p
-     for p in faults.CRASH_POINTS],
-)  # fmt: skip
+@pytest.mark.parametrize("point", faults.CRASH_POINTS)
 def test_crash_point_then_restart(province: Province, point: str, tmp_path: Path) -> None:
     began = time.monotonic()
     st = province.enrol(CI_STATIONS[point])
