@@ -38,7 +38,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench.common import RESULTS, machine_info, make_tone, write_result
+from bench.common import RESULTS, child_pids, machine_info, make_tone, status_kb, write_result
 from province.demo import Demo, playlist_doc, tune_for_demo
 
 COMMAND = ".venv/bin/python -m bench.memory_60min"
@@ -46,27 +46,6 @@ QUICK_MINUTES = 1.0
 STATION = ("25", "08230", "08230-01")
 BIN = Path(sys.executable).parent
 MIB = 1024 * 1024
-
-
-def status_kb(pid: int, field: str) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except (OSError, ValueError):
-        return None
-    return None
-
-
-def children(pid: int) -> list[int]:
-    found: list[int] = []
-    try:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            text = (task / "children").read_text()
-            found += [int(c) for c in text.split()]
-    except OSError:
-        pass
-    return found
 
 
 class Sampler(threading.Thread):
@@ -84,7 +63,7 @@ class Sampler(threading.Thread):
             rss = status_kb(self.pid, "VmRSS")
             if rss is None:
                 return
-            kids = sum(status_kb(c, "VmRSS") or 0 for c in children(self.pid))
+            kids = sum(status_kb(c, "VmRSS") or 0 for c in child_pids(self.pid))
             self.samples.append((time.monotonic(), rss, kids))
             self._halt.wait(self.period_s)
 

@@ -12,7 +12,7 @@ import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from agent.core import strict
 from agent.core.codes import Code, Rejected
@@ -297,17 +297,42 @@ def _sha(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
-def _check_playlist(state: TrustState, env: Envelope, raw: bytes, ctx: Context) -> Verdict:
+class _Stream(Protocol):
+    """A signed body of a retained stream (a playlist, a release): who, for whom, and when."""
+
+    @property
+    def issuer(self) -> str: ...
+    @property
+    def target(self) -> str: ...
+    @property
+    def issued_at(self) -> datetime: ...
+    @property
+    def expires(self) -> datetime: ...
+
+
+S = TypeVar("S", bound=_Stream)
+
+
+def _checked_stream(
+    state: TrustState, env: Envelope, ctx: Context, kind: str, build: Callable[[dict[str, Any]], S]
+) -> S:
+    """Section 8 steps 4 to 9 for a stream whose topic is ``loa/v1/{target}/{kind}/{issuer}``
+    and whose role is ``kind``: signatures, body, scope, audience, a trusted clock, the window."""
     keyring = _require_keyring(state)
-    signers = check_threshold(env, keyring, "playlist")
-    playlist = _model(Playlist.from_body, _parse_body("playlist", env.body, ctx.schemas))
-    check_scope(keyring, signers, "playlist", playlist.issuer, playlist.target)
-    check_audience(ctx, playlist.target, f"loa/v1/{playlist.target}/playlist/{playlist.issuer}")
+    signers = check_threshold(env, keyring, kind)
+    body = _model(build, _parse_body(kind, env.body, ctx.schemas))
+    check_scope(keyring, signers, kind, body.issuer, body.target)
+    check_audience(ctx, body.target, f"loa/v1/{body.target}/{kind}/{body.issuer}")
     now = _trusted_now(state, ctx)
     if now is None:
-        raise Rejected(Code.CLOCK_UNTRUSTED, "playlists wait for a trusted clock")
+        raise Rejected(Code.CLOCK_UNTRUSTED, f"{kind}s wait for a trusted clock")
     _check_keyring_alive(keyring, now, ctx)
-    _check_window(now, playlist.issued_at, playlist.expires, ctx)
+    _check_window(now, body.issued_at, body.expires, ctx)
+    return body
+
+
+def _check_playlist(state: TrustState, env: Envelope, raw: bytes, ctx: Context) -> Verdict:
+    playlist = _checked_stream(state, env, ctx, "playlist", Playlist.from_body)
     sha = _sha(env.body)
     label = f"v{playlist.version}"
     held = state.streams.get(playlist.stream)
@@ -433,16 +458,7 @@ def _check_time(state: TrustState, env: Envelope, raw: bytes, ctx: Context) -> V
 
 def _check_release(state: TrustState, env: Envelope, raw: bytes, ctx: Context) -> Verdict:
     """docs/releases.md: the section 8 order with role ``release``, then the version step."""
-    keyring = _require_keyring(state)
-    signers = check_threshold(env, keyring, "release")
-    release = _model(Release.from_body, _parse_body("release", env.body, ctx.schemas))
-    check_scope(keyring, signers, "release", release.issuer, release.target)
-    check_audience(ctx, release.target, f"loa/v1/{release.target}/release/{release.issuer}")
-    now = _trusted_now(state, ctx)
-    if now is None:
-        raise Rejected(Code.CLOCK_UNTRUSTED, "releases wait for a trusted clock")
-    _check_keyring_alive(keyring, now, ctx)
-    _check_window(now, release.issued_at, release.expires, ctx)
+    release = _checked_stream(state, env, ctx, "release", Release.from_body)
     try:
         running = parse_version(ctx.running_version or "")
     except ValueError as exc:
