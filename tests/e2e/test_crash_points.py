@@ -218,7 +218,40 @@ def settle(st: CrashStation) -> None:
     wait(st.settled, "the registry's watermarks to reach every stored report", 20)
 
 
+SOAK_COMMAND = (
+    "LOA_SOAK_KILLS=100 LOA_SOAK_SEED=1 .venv/bin/pytest -q tests/e2e/test_crash_points.py -k soak"
+)
+
+
 def write_counts(path: Path, counts: dict[str, Any]) -> None:
+    """The counts; in soak mode as a result file like the benchmarks' (``bench.report`` lists
+    it: what was run, the figures, the machine), so the table says what the suite measured."""
+    if counts.get("mode") == "soak":
+        from bench.common import machine_info
+
+        reports = counts.get("reports", {})
+        counts = {
+            "benchmark": "reliability",
+            "title": "Seeded SIGKILLs at the named crash points, then restarts: reports and "
+            "as-runs afterwards",
+            "command": SOAK_COMMAND,
+            "quick": False,
+            **counts,
+            "kills_total": counts.get("kills", 0),
+            "reports_lost": sum(int(r.get("lost", 0)) for r in reports.values()),
+            "reports_stored": sum(int(r.get("stored", 0)) for r in reports.values()),
+            "started_reported_missed": counts.get("started_missed", 0),
+            "figures": ["kills_total", "reports_stored", "reports_lost",
+                        "started_reported_missed"],
+            "labels": {
+                "kills_total": "SIGKILLs at seeded crash points, each followed by a restart",
+                "reports_stored": "reports stored by the collector (heartbeats, events, as-runs)",
+                "reports_lost": "reports produced and never stored (target 0)",
+                "started_reported_missed": "occurrences that began to sound but were reported "
+                "missed (target 0)",
+            },
+            "machine": machine_info(),
+        }  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(counts, indent=1, sort_keys=True) + "\n")
 
