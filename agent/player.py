@@ -229,10 +229,10 @@ class Player:
         # Told (key, item index) when an item's first sample goes out: an emergency reports
         # each repetition as it sounds. Called on the playback thread: enqueue only.
         self.on_item: Callable[[str, int], None] | None = None
-        # Told (key) on the playback thread once a play's zones are on, before the pre-roll's
-        # last wait and its first sample: the station makes its on-air mark durable here, so a
-        # crash after the first sample never leaves a play that sounded without one. It must not
-        # raise, and the sound waits for it.
+        # Told (key) on the playback thread once a pre-rolled play's zones are on, before the
+        # pre-roll's last wait and its first sample: the station makes its on-air mark durable
+        # here, so a crash after the first sample never leaves a scheduled play that sounded
+        # without one. It must not raise. Plays that start at once (no pre-roll) skip it.
         self.on_sounding: Callable[[str], None] | None = None
 
     @property
@@ -450,7 +450,10 @@ class Player:
                                 break
                             self._relays.set_zones(request.zones, True)
                             relay_ok = self._zones_on(request.zones)
-                            if self.on_sounding is not None:
+                            if self.on_sounding is not None and request.start_at is not None:
+                                # Only where the pre-roll's wait absorbs the commit: a play
+                                # that starts now (an emergency) sounds first, and its mark
+                                # follows the first sample (ItemStarted).
                                 self.on_sounding(request.key)
                             if request.start_at is not None:
                                 latency = float(getattr(sink, "latency_s", 0.0))
