@@ -375,3 +375,22 @@ def test_check_renders_both_documents_and_writes_neither(tmp_path: Path) -> None
     code = report.main(["--results", str(tmp_path / "results"), "--doc", str(doc), "--check"])
     assert code == 0
     assert not doc.exists() and not (tmp_path / "docs" / "scale.md").exists()
+
+
+def test_the_reliability_block_shows_the_soak_or_says_it_is_missing() -> None:
+    from bench.report import render_reliability
+
+    soak = {
+        "benchmark": "reliability", "command": "LOA_SOAK_KILLS=2 pytest", "seed": 7,
+        "elapsed_s": 3.0, "kills": 2, "kills_by_point": {"play-ended": 1, "cache-written": 1},
+        "reports": {"asrun": {"produced": 4, "stored": 4, "lost": 0, "unsent": 0}},
+        "restarts": 2, "occurrences": 4, "asruns_per_occurrence": {"1": 4},
+        "outcomes": {"complete": 3, "partial": 1}, "started": 4, "started_missed": 0,
+        "duplicates": 5, "machine": {},
+    }  # fmt: skip
+    block = render_reliability([soak])
+    assert "| `cache-written` | 1 |" in block and "| **all** | 2 |" in block
+    assert "| asrun | 4 | 4 | 0 | 0 |" in block
+    assert "reported missed: 0 (target 0)" in block
+    assert "seed 7" in block
+    assert render_reliability([]).startswith("Not measured: run `LOA_SOAK_KILLS=100")
