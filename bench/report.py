@@ -141,6 +141,8 @@ def render(results: list[dict[str, Any]]) -> str:
             )
     lines.append("")
     for result in results:
+        if "reliability" in result:
+            continue  # a reliability scenario, not a benchmark: docs/reliability.md shows it
         lines.append(f"- {result['benchmark']}: {_machine_line(result.get('machine', {}))}")
     return "\n".join(lines) + "\n"
 
@@ -584,15 +586,141 @@ def render_scale(results: list[dict[str, Any]]) -> str:
 
 
 def render_reliability(results: list[dict[str, Any]]) -> str:
-    """The crash-point soak's counts (``reliability.json``, written by
-    tests/e2e/test_crash_points.py in soak mode): what was killed where, and what the restarts
-    left: reports produced, stored and lost per kind, as-runs per occurrence, outcomes."""
-    soak = _by_name(results).get("reliability")
-    if soak is None:
-        return (
-            "Not measured: run `LOA_SOAK_KILLS=100 LOA_SOAK_SEED=1 .venv/bin/pytest -q "
-            "tests/e2e/test_crash_points.py -k soak`, then `.venv/bin/python -m bench.report`.\n"
+    """The reliability suite's counts: first the bar summed over every scenario measured, then
+    each part's scenarios (``reliability_<part>_<scenario>.json``, written by the suite's tests
+    through tests/harness/reliability.py), then the crash-point soak (``reliability.json``)."""
+    scenarios = [r for r in results if isinstance(r.get("reliability"), dict)]
+    out = _render_bar(scenarios)
+    for part in _parts_in_order(scenarios):
+        out += ["", *_render_part(part, [r for r in scenarios if r["reliability"]["part"] == part])]
+    out += ["", "### Crash-point soak", "", *_render_soak(_by_name(results).get("reliability"))]
+    return "\n".join(out) + "\n"
+
+
+# The parts in the order docs/reliability.md describes them; a new part goes after these.
+PART_TITLES = {
+    "crash": "Crash points (CI: each point once)",
+    "link": "Broker, link and collectors",
+    "disk": "A full disk",
+    "clock": "Clock jumps and a boot at 1970",
+    "devices": "The sound card and the relays",
+    "attacks": "Hostile input over MQTT",
+    "fuzz": "Every parser under hypothesis",
+}
+# Counts every scenario may carry (tests/harness/reliability.py), in the order shown.
+COUNT_NAMES = {
+    "reports_produced": "reports produced",
+    "reports_stored": "stored",
+    "reports_lost": "lost",
+    "duplicates_counted": "duplicates counted",
+    "duplicates_dropped": "duplicate copies dropped",
+    "restarts": "restarts",
+    "crashes": "crashes",
+    "slots_due": "slots due",
+    "slots_on_air": "on air",
+    "audio_start_errors": "audio start errors",
+    "accepted_unsigned": "accepted without a valid signature",
+}
+# The issue's bar, summed over every scenario that counted it.
+BAR_TOTALS = ("reports_lost", "duplicates_counted", "accepted_unsigned", "crashes")
+
+
+def _parts_in_order(scenarios: list[dict[str, Any]]) -> list[str]:
+    seen = {str(r["reliability"]["part"]) for r in scenarios}
+    return [p for p in PART_TITLES if p in seen] + sorted(seen - set(PART_TITLES))
+
+
+def _render_bar(scenarios: list[dict[str, Any]]) -> list[str]:
+    if not scenarios:
+        return ["Not measured: run `make reliability` (the suite in its long mode)."]
+    out = [_row("The bar", "Target", "Measured (sum over scenarios)", "Scenarios counting it")]
+    out.append(_row("---", "---", "---", "---"))
+    for key in BAR_TOTALS:
+        values = [
+            _number(r["reliability"]["counts"].get(key))
+            for r in scenarios
+            if _number(r["reliability"]["counts"].get(key)) is not None
+        ]
+        total = f"{sum(v for v in values if v is not None):g}" if values else "not counted"
+        out.append(_row(COUNT_NAMES[key], "0", total, str(len(values))))
+    missed = [r for r in scenarios if r["reliability"].get("misses")]
+    out += [
+        "",
+        f"{len(scenarios)} scenarios measured; "
+        + (
+            "every one met its bar."
+            if not missed
+            else f"{len(missed)} did not meet their bar: "
+            + "; ".join(
+                f"{r['reliability']['scenario']} ({_counts_text(r['reliability']['misses'])})"
+                for r in missed
+            )
+            + "."
+        ),
+    ]
+    return out
+
+
+def _counts_text(counts: dict[str, Any]) -> str:
+    shown = [f"{COUNT_NAMES[k]} {counts[k]}" for k in COUNT_NAMES if counts.get(k) is not None]
+    shown += [
+        f"{k.replace('_', ' ')} {_plain(v)}"
+        for k, v in sorted(counts.items())
+        if k not in COUNT_NAMES and k != "rejections" and v is not None
+    ]
+    return ", ".join(shown)
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_plain(v)}" for k, v in sorted(value.items())) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_plain(v) for v in value) + "]"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _render_part(part: str, scenarios: list[dict[str, Any]]) -> list[str]:
+    out = [f"### {PART_TITLES.get(part, part)}", ""]
+    out.append(_row("Scenario", "How it is tested", "Counted", "Bar", "Reproduce"))
+    out.append(_row("---", "---", "---", "---", "---"))
+    rejections: dict[str, int] = {}
+    for result in sorted(scenarios, key=lambda r: str(r["reliability"]["scenario"])):
+        rel = result["reliability"]
+        counts = dict(rel.get("counts", {}))
+        for code, n in dict(counts.get("rejections") or {}).items():
+            rejections[str(code)] = rejections.get(str(code), 0) + int(n)
+        bar = dict(rel.get("bar", {}))
+        verdict = (
+            "not met: " + _counts_text(dict(rel["misses"]))
+            if rel.get("misses")
+            else ("met (" + ", ".join(f"{COUNT_NAMES.get(k, k)} {v}" for k, v in bar.items()) + ")")
+            if bar
+            else ""
         )
+        quick = "" if not result.get("quick") else " (**quick**)"
+        out.append(
+            _row(
+                str(rel["scenario"]) + quick,
+                str(rel.get("how", "")),
+                _counts_text(counts),
+                verdict,
+                f"`{result['command']}` ({result.get('elapsed_s', '?')} s)",
+            )
+        )
+    if rejections:
+        listed = ", ".join(f"`{c}` {n}" for c, n in sorted(rejections.items()))
+        out += ["", f"Rejections by code (PROTOCOL.md section 8): {listed}."]
+    machines = {_machine_line(r.get("machine", {})).rsplit(",", 2)[0] for r in scenarios}
+    out += ["", "Measured on: " + "; ".join(sorted(machines)) + "."]
+    return out
+
+
+def _render_soak(soak: dict[str, Any] | None) -> list[str]:
+    if soak is None:
+        return [
+            "Not measured: run `LOA_SOAK_KILLS=100 LOA_SOAK_SEED=1 .venv/bin/pytest -q "
+            "tests/e2e/test_crash_points.py -k soak`, then `.venv/bin/python -m bench.report`."
+        ]
     out = [
         f"Run: `{soak.get('command', '?')}` (seed {soak.get('seed', '?')}, "
         f"{soak.get('elapsed_s', '?')} s); {_machine_line(soak.get('machine', {}))}",
@@ -623,7 +751,7 @@ def render_reliability(results: list[dict[str, Any]]) -> str:
         f"- Duplicate copies the collector received and dropped (never counted): "
         f"{soak.get('duplicates', '?')}.",
     ]
-    return "\n".join(out) + "\n"
+    return out
 
 
 def update_document(text: str, generated: str, begin_marker: str = BEGIN) -> str:

@@ -393,4 +393,57 @@ def test_the_reliability_block_shows_the_soak_or_says_it_is_missing() -> None:
     assert "| asrun | 4 | 4 | 0 | 0 |" in block
     assert "reported missed: 0 (target 0)" in block
     assert "seed 7" in block
-    assert render_reliability([]).startswith("Not measured: run `LOA_SOAK_KILLS=100")
+    assert "Not measured: run `LOA_SOAK_KILLS=100" in render_reliability([])
+
+
+def scenario(part: str, name: str, counts: dict[str, Any], bar: dict[str, int]) -> dict[str, Any]:
+    misses = {k: counts.get(k) for k, v in bar.items() if counts.get(k) != v}
+    return {
+        "benchmark": f"reliability_{part}_{name}", "command": f"pytest -k {name}",
+        "elapsed_s": 1.5, "figures": [], "machine": {},
+        "reliability": {"part": part, "scenario": name, "how": f"how {name}",
+                        "counts": counts, "bar": bar, "misses": misses},
+    }  # fmt: skip
+
+
+def test_the_reliability_block_sums_the_bar_and_lists_every_part_in_order() -> None:
+    from bench.report import render_reliability
+
+    scenarios = [
+            scenario("fuzz", "strict json", {"examples": 400, "crashes": 0}, {"crashes": 0}),
+            scenario(
+                "link", "broker killed",
+                {"reports_produced": 9, "reports_stored": 9, "reports_lost": 0,
+                 "duplicates_counted": 0, "rejections": {"bad-signature": 2}},
+                {"reports_lost": 0, "duplicates_counted": 0},
+            ),
+            scenario(
+                "attacks", "flood",
+                {"accepted_unsigned": 0, "crashes": 1, "rejections": {"bad-signature": 3}},
+                {"accepted_unsigned": 0, "crashes": 0},
+            ),
+    ]  # fmt: skip
+    block = render_reliability(scenarios)
+    assert "| reports lost | 0 | 0 | 1 |" not in block  # the label is "lost"
+    assert "| lost | 0 | 0 | 1 |" in block
+    assert "| crashes | 0 | 1 | 2 |" in block
+    assert "| accepted without a valid signature | 0 | 0 | 1 |" in block
+    assert "3 scenarios measured; 1 did not meet their bar: flood (crashes 1)." in block
+    # Parts in the documented order, whatever order the files came in; the soak last.
+    heads = [line for line in block.splitlines() if line.startswith("### ")]
+    assert heads == [
+        "### Broker, link and collectors",
+        "### Hostile input over MQTT",
+        "### Every parser under hypothesis",
+        "### Crash-point soak",
+    ]
+    assert "reports produced 9, stored 9, lost 0, duplicates counted 0" in block
+    assert "not met: crashes 1" in block and "met (lost 0, duplicates counted 0)" in block
+    assert "`bad-signature` 3." in block and "`bad-signature` 2." in block
+    assert "examples 400" in block
+
+
+def test_reliability_scenarios_are_not_benchmark_rows() -> None:
+    table = report.render([scenario("fuzz", "strict json", {"crashes": 0}, {"crashes": 0})])
+    assert "reliability_fuzz" not in table
+    assert "Not measured: run `make reliability`" in report.render_reliability([])
