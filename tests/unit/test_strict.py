@@ -324,3 +324,14 @@ def test_json_refuses_lone_surrogates(text: bytes) -> None:
 
 def test_json_keeps_escaped_surrogate_pairs() -> None:
     assert strict.loads(b'"\\ud83d\\ude00"') == "\U0001f600"
+
+
+@pytest.mark.parametrize("depth", [1, 400, 900])
+def test_a_lone_surrogate_deep_in_nesting_is_refused_not_a_recursion_error(depth: int) -> None:
+    # Found by the parser fuzzing (issue 13): the surrogate check walked the document
+    # recursively and raised RecursionError at a depth the json module accepts, out of
+    # parse_envelope and so out of verify, which must never raise.
+    data = ("[" * depth + '"\\ud800"' + "]" * depth).encode()
+    with pytest.raises(StrictDecodeError, match="surrogate"):
+        strict.loads(data)
+    assert strict.loads(("[" * depth + '"\\u00e9"' + "]" * depth).encode()) is not None
