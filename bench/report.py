@@ -622,7 +622,12 @@ COUNT_NAMES = {
     "accepted_unsigned": "accepted without a valid signature",
 }
 # The bar, summed over every scenario that counted it.
-BAR_TOTALS = ("reports_lost", "duplicates_counted", "accepted_unsigned", "crashes")
+BAR_TOTALS = {
+    "reports_lost": "reports lost",
+    "duplicates_counted": "duplicates counted in the KPI",
+    "accepted_unsigned": "envelopes accepted without a valid signature",
+    "crashes": "agent crashes",
+}
 
 
 def _parts_in_order(scenarios: list[dict[str, Any]]) -> list[str]:
@@ -635,14 +640,14 @@ def _render_bar(scenarios: list[dict[str, Any]]) -> list[str]:
         return ["Not measured: run `make reliability` (the suite in its long mode)."]
     out = [_row("The bar", "Target", "Measured (sum over scenarios)", "Scenarios counting it")]
     out.append(_row("---", "---", "---", "---"))
-    for key in BAR_TOTALS:
+    for key, label in BAR_TOTALS.items():
         values = [
             _number(r["reliability"]["counts"].get(key))
             for r in scenarios
             if _number(r["reliability"]["counts"].get(key)) is not None
         ]
         total = f"{sum(v for v in values if v is not None):g}" if values else "not counted"
-        out.append(_row(COUNT_NAMES[key], "0", total, str(len(values))))
+        out.append(_row(label, "0", total, str(len(values))))
     missed = [r for r in scenarios if r["reliability"].get("misses")]
     out += [
         "",
@@ -664,11 +669,15 @@ def _render_bar(scenarios: list[dict[str, Any]]) -> list[str]:
 def _counts_text(counts: dict[str, Any]) -> str:
     shown = [f"{COUNT_NAMES[k]} {counts[k]}" for k in COUNT_NAMES if counts.get(k) is not None]
     shown += [
-        f"{k.replace('_', ' ')} {_plain(v)}"
+        f"{_count_name(k)} {_plain(v)}"
         for k, v in sorted(counts.items())
         if k not in COUNT_NAMES and k != "rejections" and v is not None
     ]
     return ", ".join(shown)
+
+
+def _count_name(key: str) -> str:
+    return COUNT_NAMES.get(key, key.replace("_", " "))
 
 
 def _plain(value: Any) -> str:
@@ -693,7 +702,7 @@ def _render_part(part: str, scenarios: list[dict[str, Any]]) -> list[str]:
         verdict = (
             "not met: " + _counts_text(dict(rel["misses"]))
             if rel.get("misses")
-            else ("met (" + ", ".join(f"{COUNT_NAMES.get(k, k)} {v}" for k, v in bar.items()) + ")")
+            else ("met (" + ", ".join(f"{_count_name(k)} {v}" for k, v in bar.items()) + ")")
             if bar
             else ""
         )

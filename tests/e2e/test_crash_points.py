@@ -74,6 +74,7 @@ from tests.harness.crash import (
     sleep_until,
     wait,
 )
+from tests.harness.reliability import Scenario, record
 
 pytestmark = pytest.mark.integration
 
@@ -256,6 +257,32 @@ def write_counts(path: Path, counts: dict[str, Any]) -> None:
     path.write_text(json.dumps(counts, indent=1, sort_keys=True) + "\n")
 
 
+CI_COMMAND = ".venv/bin/pytest -q tests/e2e/test_crash_points.py -k crash_point_then_restart"
+
+
+def crash_scenario(point: str, counts: dict[str, Any]) -> Scenario:
+    """One CI crash-point run in the suite's common counts (docs/reliability.md)."""
+    reports = dict(counts["reports"]).values()
+    per = {int(n): k for n, k in dict(counts["asruns_per_occurrence"]).items()}
+    return Scenario(
+        part="crash",
+        name=f"SIGKILL at {point}",
+        how=f"SIGKILL once in {faults.CRASH_POINT_DOCS[point].rstrip('.')}; then restarted and "
+        "stopped. Read from the registry, the outbox, the trust database and the cache.",
+        counts={
+            "reports_produced": sum(int(r["produced"]) for r in reports),
+            "reports_stored": sum(int(r["stored"]) for r in reports),
+            "reports_lost": sum(int(r["lost"]) for r in reports),
+            "duplicates_counted": sum((n - 1) * k for n, k in per.items() if n > 1),
+            "duplicates_dropped": counts["duplicates"],
+            "restarts": counts["restarts"],
+            "slots_due": counts["occurrences"],
+            "started_reported_missed": counts["started_missed"],
+        },
+        bar={"reports_lost": 0, "duplicates_counted": 0, "started_reported_missed": 0},
+    )
+
+
 # -- CI: every point once ------------------------------------------------------------------------
 
 
@@ -303,6 +330,7 @@ def test_crash_point_then_restart(province: Province, point: str, tmp_path: Path
             counts = {**ledger.counts, "mode": "ci", "seed": None, "points": [point],
                       "elapsed_s": elapsed}  # fmt: skip
             write_counts(tmp_path / f"reliability-{point}.json", counts)
+            record(crash_scenario(point, counts), CI_COMMAND, elapsed, tmp_path)
     assert counts["kills"] == 1 and counts["restarts"] == 1
 
 
