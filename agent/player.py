@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
@@ -107,6 +108,14 @@ class PlaybackThreads:
             with self._lock:
                 if inbox in self._all:
                     self._idle.append(inbox)
+
+
+class _DeviceError(Exception):
+    """An ``AudioError`` of the sink (the card), told apart from the decoder's on the way out."""
+
+    def __init__(self, error: AudioError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 _Job = tuple[Callable[[], None], Running]
@@ -234,10 +243,47 @@ class Player:
         # here, so a crash after the first sample never leaves a scheduled play that sounded
         # without one. It must not raise. Plays that start at once (no pre-roll) skip it.
         self.on_sounding: Callable[[str], None] | None = None
+        # Told when the sound card fails (its reason) and when it works again (None), once per
+        # change: from a play or from ``probe_device``, on either thread. Enqueue only.
+        self.on_device: Callable[[str | None], None] | None = None
+        self._device_lock = threading.Lock()
+        self._device_known = False  # nothing has opened the card yet
+        self._device_fault: str | None = None
 
     @property
     def busy(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def device_fault(self) -> str | None:
+        """Why the sound card failed last, until a play or a probe finds it working again."""
+        return self._device_fault
+
+    def probe_device(self) -> None:
+        """While nothing plays, open and close the card if its state is unknown (at start) or
+        it failed, so a missing card is reported before a slot needs it, and one that came
+        back is reported before the next slot proves it. A card known to work is left alone.
+        Runs on the caller's thread; plays start on that thread too, so none can race it."""
+        if self.busy or (self._device_known and self._device_fault is None):
+            return
+        sink = self._open_sink()
+        try:
+            sink.open()
+            sink.close()
+        except AudioError as exc:
+            self._device(f"audio: {exc}"[:200])
+        else:
+            self._device(None)
+
+    def _device(self, fault: str | None) -> None:
+        """The card's state as the last open/write/close found it; a change is told once."""
+        with self._device_lock:
+            changed = (fault is None) != (self._device_fault is None) or (
+                not self._device_known and fault is not None
+            )
+            self._device_known, self._device_fault = True, fault
+        if changed and self.on_device is not None:
+            self.on_device(fault)
 
     def play(self, request: PlayRequest, *, replacing: tuple[str, str] | None = None) -> None:
         """Start ``request``. With ``replacing`` (outcome, reason) a current play is cut, but
@@ -433,7 +479,11 @@ class Player:
             amp_ok = self._relays.states().get("amp")
             warm_until = self._clock.monotonic() + (0.0 if warm else self._warmup_s)
             sink = self._open_sink()
-            sink.open()
+            device_ok = False
+            try:
+                sink.open()
+            except AudioError as exc:
+                raise _DeviceError(exc) from exc
             try:
                 for item in range(request.start_item, len(request.items)):
                     item_frames = 0
@@ -471,7 +521,13 @@ class Player:
                                     self._probe.start()
                                     probing = True
                             watch.arm()
-                            sink.write(chunk)
+                            try:
+                                sink.write(chunk)
+                            except AudioError as exc:
+                                raise _DeviceError(exc) from exc
+                            if not device_ok:
+                                device_ok = True
+                                self._device(None)
                             if is_item and not announced:
                                 faults.crash_point(faults.PLAY_STARTED)  # sounding, not marked
                                 announced = True
@@ -494,14 +550,27 @@ class Player:
                     if cut.is_set() or outcome != "complete":
                         break
             finally:
-                sink.close()
-                if probing and self._probe is not None:
-                    measured = self._probe.stop()
+                try:
+                    sink.close()
+                except AudioError as exc:
+                    if sys.exc_info()[1] is None:  # a failure already on its way says more
+                        raise _DeviceError(exc) from exc
+                finally:
+                    if probing and self._probe is not None:
+                        measured = self._probe.stop()
             faults.crash_point(faults.PLAY_ENDED)  # the last sample is out, no as-run yet
             if cut.is_set():
                 outcome, reason = self._cut_reason
             elif self._hold_s:
                 cut.wait(self._hold_s)
+        except _DeviceError as exc:
+            # The card failed (gone, or never there). What already sounded is not undone:
+            # a play cut by it is partial, one that never sounded failed.
+            outcome = "partial" if started_at is not None else "failed"
+            reason = f"audio: {exc.error}"[:200]
+            self._device(reason)
+            if primed is not None:
+                primed[0].close()
         except AudioError as exc:
             outcome, reason = "failed", f"audio: {exc}"[:200]
             if primed is not None:

@@ -192,6 +192,11 @@ class Station:
         )
         self.player.on_item = lambda key, index: self.inbox.put(ItemStarted(key, index))
         self.player.on_sounding = self._mark_sounding
+        # The sound card failing or back (a playback thread, or the heartbeat's probe): the
+        # event is written by this thread, in turn.
+        self.player.on_device = lambda fault: self.inbox.put(
+            Deferred(lambda: self._on_device(fault))
+        )
         self.inputs = self.inputs_factory(self.inbox.put) if self.inputs_factory else None
         self.programme = Programme(
             self.clock,
@@ -349,6 +354,7 @@ class Station:
                 self._event("hw", "output-silent", "the input channel hears nothing while on air",
                             {"slot": slot, "key": message.key})  # fmt: skip
             case Tick(what="heartbeat"):
+                self.player.probe_device()  # only while the card's state is unknown or bad
                 self.outbox.set_alive(self.clock.now())
                 self._enforce_outbox_cap()
                 self._heartbeat()
@@ -875,6 +881,15 @@ class Station:
              "slot": playing.slot_id if playing else None},
         )  # fmt: skip
 
+    def _on_device(self, fault: str | None) -> None:
+        """The sound card failed (``fault`` says why) or works again: say so once a change."""
+        device = self.config.audio.device
+        if fault is None:
+            self._event("hw", "audio-device-restored", f"audio device {device!r} works again",
+                        {"device": device, "reason": None})  # fmt: skip
+        else:
+            self._event("hw", "audio-device-lost", fault, {"device": device, "reason": fault})
+
     def _volume(self, occurrence: Occurrence) -> int:
         """Slot and live volumes are percentages of the station's volume (section 5: "of the
         station's configured maximum", which `set_volume` sets); an emergency's is not: a
@@ -1036,6 +1051,8 @@ class Station:
         except OutboxError as exc:
             log.error("report lost to a failing outbox: %s", exc)
             return None
+        if report is None:  # held in memory (disk full): stored and sent once there is room
+            return None
         if self.link is not None and self.link.publish(report.topic, report.payload):
             self._published[report.id] = self.clock.monotonic()
         return report
@@ -1051,6 +1068,10 @@ class Station:
             return
         for loss in dropped:
             self._report_dropped(loss, cap)
+        for kind, count in self.outbox.take_unkept().items():  # held in memory, given up
+            self._event("outbox", "reports-unkept",
+                        f"{count} {kind} reports given up unstored: the disk stayed full",
+                        {"report_kind": kind, "count": count})  # fmt: skip
 
     def _report_dropped(self, loss: DroppedRange, cap: int) -> None:
         self._event(

@@ -192,7 +192,19 @@ class PyAudioSink:
         try:
             self._stream.write(pcm)
         except OSError as exc:
+            # The device is gone (a USB card pulled, the sound server dead): PortAudio's
+            # stream cannot be stopped any more ("Stream not open"), and that second error
+            # would hide this one from the as-run. Drop the stream and PortAudio quietly
+            # here; the next open() starts PortAudio afresh, which finds the card again.
+            self._discard()
             raise AudioError(f"audio device {self.device!r} failed: {exc}") from exc
+
+    def _discard(self) -> None:
+        stream, self._stream = self._stream, None
+        with contextlib.suppress(OSError):
+            stream.close()
+        with contextlib.suppress(OSError):
+            self.release()
 
     def close(self) -> None:
         """End the play's stream; PortAudio stays up for the next play (``release`` ends it)."""
