@@ -30,8 +30,12 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agent.core import dsse
 from tests.harness.trust import (
@@ -164,6 +168,10 @@ def without(doc: Mapping[str, Any], key: str) -> dict[str, Any]:
 # --- envelope surgery ------------------------------------------------------------------------
 
 
+def _set_payload_type(payload_type: str, doc: dict[str, Any]) -> None:
+    doc["payloadType"] = payload_type
+
+
 def b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode("ascii")
 
@@ -177,7 +185,7 @@ def dump(doc: Any) -> bytes:
     return json.dumps(doc).encode()
 
 
-def edit(data: bytes, change: Callable[[dict[str, Any]], None]) -> bytes:
+def edit(data: bytes, change: Callable[[dict[str, Any]], object]) -> bytes:
     doc = load(data)
     change(doc)
     return dump(doc)
@@ -430,7 +438,7 @@ def payload_types(c: Corpus) -> None:
     for label, ptype in types.items():
         c.add(
             f"type-{label}",
-            edit(good, lambda d, t=ptype: d.update(payloadType=t)),
+            edit(good, partial(_set_payload_type, ptype)),
             "wrong-payload-type",
             f"payloadType {ptype!r}",
         )
@@ -2018,6 +2026,65 @@ def write(cases: list[Case], directory: Path) -> Path:
     path = directory / "manifest.json"
     path.write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
     return path
+
+
+def _pae(payload_type: str, body: bytes) -> bytes:
+    # DSSE's pre-authentication encoding, written out from the DSSE spec (PROTOCOL.md section
+    # 3) rather than taken from agent.core.dsse: this is the corpus's own check.
+    kind = payload_type.encode()
+    return b"DSSEv1 %d %s %d %s" % (len(kind), kind, len(body), body)
+
+
+def trusted_keys(case: Case) -> dict[str, Ed25519PublicKey]:
+    """keyid -> public key of every key the station holds when the case arrives: those of its
+    provisioned keyring (default keyring-v1) and of every keyring its prelude brings."""
+    keyrings = [case.keyring or envelope("keyring", keyring_body(1), "root1", "root2")]
+    keyrings += [d for d in case.prelude if _payload_type(d) == PAYLOAD["keyring"]]
+    keys: dict[str, Ed25519PublicKey] = {}
+    for data in keyrings:
+        for kid, entry in json.loads(body_of(data))["keys"].items():
+            keys[kid] = Ed25519PublicKey.from_public_bytes(bytes.fromhex(entry["public"]))
+    return keys
+
+
+def _payload_type(data: bytes) -> str | None:
+    try:
+        value = load(data).get("payloadType")
+    except (ValueError, AttributeError, RecursionError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def validly_signed(case: Case) -> bool:
+    """Whether ``case.data`` carries at least one signature that verifies, under the key its
+    ``keyid`` names, over the envelope's own payload, with a key the station holds.
+
+    The corpus's own knowledge, independent of the trust core: an envelope for which this is
+    False and that a station accepts was accepted without a valid signature (issue 13's
+    ``accepted_unsigned``). Anything that does not even parse as an envelope is unsigned.
+    """
+    keys = trusted_keys(case)
+    try:
+        doc = load(case.data)
+        body = base64.b64decode(doc["payload"], validate=True)
+        pae = _pae(doc["payloadType"], body)
+        signatures = list(doc["signatures"])
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
+        return False
+    for entry in signatures:
+        try:
+            key = keys.get(entry["keyid"])
+            raw = base64.b64decode(entry["sig"], validate=True)
+        except (ValueError, TypeError, KeyError):
+            continue
+        if key is None:
+            continue
+        try:
+            key.verify(raw, pae)
+        except (InvalidSignature, ValueError):
+            continue
+        return True
+    return False
 
 
 def summary(cases: list[Case]) -> Iterator[str]:

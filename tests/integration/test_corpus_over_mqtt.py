@@ -21,6 +21,11 @@ Not here, because a station on real time cannot be put there: ``clock-untrusted`
 runs with ``LOA_CLOCK_TRUST=system`` and its floor is the provisioning time) and
 ``keyring-expired`` (its keyring is valid until 2036). ``tests/unit/test_hostile_corpus.py``
 runs those.
+
+The run is recorded for the reliability suite (issue 13, part "attacks"): cases sent, verdicts
+received, verdicts by code, mismatches, the agent's unasked exits, and ``accepted_unsigned``,
+the verdicts ``accepted`` for a case that carries no valid signature by the corpus's own check
+(``tests.corpus.hostile.validly_signed``, not the agent's word).
 """
 
 from __future__ import annotations
@@ -45,8 +50,10 @@ from tests.corpus.hostile import (
     Case,
     build,
     section2_topic,
+    validly_signed,
 )
 from tests.harness.broker import MosquittoBroker, Recorder
+from tests.harness.reliability import Scenario, record
 from tests.harness.station_proc import StationProcess, provision_station
 from tests.harness.trust import STATION
 
@@ -56,6 +63,7 @@ EVENT_TOPIC = f"{PREFIX}/telemetry/event"
 SUBSCRIPTIONS = down_topics(StationId.parse(STATION))
 EVENT_TIMEOUT_S = 10.0
 BATCH = 25
+COMMAND = ".venv/bin/pytest -q tests/integration/test_corpus_over_mqtt.py"
 
 
 def listens(topic: str) -> bool:
@@ -187,6 +195,7 @@ def test_corpus_over_mqtt(tmp_path: Path, mqtt_broker: MosquittoBroker, operator
     )
     proc.start()
     mismatches: list[str] = []
+    outcomes: list[tuple[Case, str]] = []
     started = time.monotonic()
     try:
         wait_for_birth(operator)
@@ -194,7 +203,7 @@ def test_corpus_over_mqtt(tmp_path: Path, mqtt_broker: MosquittoBroker, operator
         operator.publish(KNOWN_GOOD_TOPIC, KNOWN_GOOD, retain=True)
         first = verdicts.take(1)
         assert [(e["topic"], e["code"]) for e in first] == [(KNOWN_GOOD_TOPIC, "accepted")]
-        mismatches = run_batches(planned, operator, verdicts)
+        mismatches = run_batches(planned, operator, verdicts, outcomes)
     finally:
         elapsed = time.monotonic() - started
         assert proc.process is not None
@@ -203,8 +212,42 @@ def test_corpus_over_mqtt(tmp_path: Path, mqtt_broker: MosquittoBroker, operator
         if crashed:
             settle(proc, operator)
     print(f"{len(cases)} cases over MQTT in {elapsed:.1f} s")
+    scenario = corpus_scenario(cases, outcomes, mismatches, crashed)
+    record(scenario, COMMAND, elapsed, tmp_path)
+    assert scenario.misses() == {}, scenario.misses()
     assert mismatches == [], "\n".join(mismatches)
     assert code == 0, proc.log_text()[-3000:]
+
+
+def corpus_scenario(
+    cases: list[Case], outcomes: list[tuple[Case, str]], mismatches: list[str], crashed: bool
+) -> Scenario:
+    """What the run measured: verdicts by code as heard on the station's telemetry, and the
+    acceptances of cases without a valid signature by the corpus's own check."""
+    rejections: dict[str, int] = {}
+    for _, code in outcomes:
+        if code != "accepted":
+            rejections[code] = rejections.get(code, 0) + 1
+    unsigned = sum(1 for case, code in outcomes if code == "accepted" and not validly_signed(case))
+    return Scenario(
+        part="attacks",
+        name="hostile corpus over MQTT",
+        how=(
+            "Every hostile-corpus case a station on real time can be given, published by the "
+            "province operator over the real broker (mutual TLS, ACL) to one real `loa-agent "
+            "run`; each verdict read from the station's telemetry and compared with the case's "
+            "literal expectation; acceptances checked against the corpus's own signature check."
+        ),
+        counts={
+            "cases_sent": len(cases),
+            "verdicts_received": len(outcomes),
+            "rejections": dict(sorted(rejections.items())),
+            "accepted_unsigned": unsigned,
+            "crashes": int(crashed),
+            "mismatches": len(mismatches),
+        },
+        bar={"accepted_unsigned": 0, "crashes": 0, "mismatches": 0},
+    )
 
 
 def is_birth(message: MQTTMessage) -> bool:
@@ -230,8 +273,14 @@ def settle(proc: StationProcess, operator: Recorder) -> None:
     proc.stop()
 
 
-def run_batches(planned: list[list[Case]], operator: Recorder, verdicts: Verdicts) -> list[str]:
-    """Publish the cases batch by batch and compare the verdicts; return the mismatches."""
+def run_batches(
+    planned: list[list[Case]],
+    operator: Recorder,
+    verdicts: Verdicts,
+    outcomes: list[tuple[Case, str]],
+) -> list[str]:
+    """Publish the cases batch by batch and compare the verdicts; return the mismatches.
+    Every (case, verdict code) heard is appended to ``outcomes``."""
     mismatches: list[str] = []
     preluded: set[bytes] = set()
     for batch in planned:
@@ -255,6 +304,7 @@ def run_batches(planned: list[list[Case]], operator: Recorder, verdicts: Verdict
             mismatches.append(f"batch at {batch[0].name}: {len(got)} verdicts, heard {heard}")
             continue
         for case, topic, event in zip(batch, topics, got, strict=True):
+            outcomes.append((case, str(event["code"])))
             if event.get("topic") != topic:
                 mismatches.append(f"{case.name}: verdict about {event.get('topic')}, not {topic}")
             elif event["code"] != case.expect:
