@@ -10,6 +10,7 @@ transaction that read the snapshot, so a check and its consequences are one atom
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,6 +51,8 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS release (
     version TEXT PRIMARY KEY, body_sha256 TEXT NOT NULL, accepted_at TEXT NOT NULL);
 """
+
+log = logging.getLogger(__name__)
 
 
 class StoreError(RuntimeError):
@@ -246,11 +249,20 @@ class TrustStore:
             releases=MappingProxyType(releases),
         )
 
-    def raise_floor(self, now: datetime) -> None:
+    def raise_floor(self, now: datetime) -> bool:
         """Persist ``now`` as the time floor (only ever raised): called while the clock is
-        trusted, so that after a power cut the station knows time cannot be earlier."""
-        with self.transaction():
-            self.persist((RaiseTimeFloor(now),), now)
+        trusted, so that after a power cut the station knows time cannot be earlier.
+
+        Best effort: a database that cannot be written (disk full) leaves the floor where it
+        was (still a true lower bound) and returns False; the next heartbeat tries again. It
+        must not take the heartbeat, and the station with it, down."""
+        try:
+            with self.transaction():
+                self.persist((RaiseTimeFloor(now),), now)
+        except StoreError as exc:
+            log.error("time floor not raised: %s", exc)
+            return False
+        return True
 
     def raise_release_floor(self, version: Version, now: datetime) -> None:
         """Persist ``version`` as the release floor (only ever raised): the station confirmed
