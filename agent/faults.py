@@ -21,6 +21,14 @@ Points:
     read once, when the module is imported; unset, a pass costs one global lookup and a test
     of an empty dict. Just before dying the point writes one line to stderr
     (``loa fault: crash at <point> (pass <n>)``) so a test can tell its kill from any other.
+
+``sense-stuck:<file>``
+    Simulated hardware only (``LOA_HAL=sim``, gpiozero's mock pins): while ``<file>`` exists,
+    the health inputs it names (separated by commas or white space; an empty file names them
+    all) read "absent" whatever the relays do, as a sense input that does not follow its relay
+    (a cut speaker line, an amplifier whose power supply died); once the file is gone they read
+    "present" again. ``hal.inputs`` polls the file every ``SENSE_POLL_S`` on a thread of its own
+    that exists only while the fault is armed, so each change is a real edge through gpiozero.
 """
 
 from __future__ import annotations
@@ -29,11 +37,14 @@ import contextlib
 import os
 import signal
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 ENV = "LOA_FAULT"
 STALL_MAIN_LOOP = "stall-main-loop"
 CRASH_PREFIX = "crash:"
+SENSE_STUCK_PREFIX = "sense-stuck:"
+SENSE_POLL_S = 0.05
 
 # The crash points, in the order a station passes them from a playlist to its as-run.
 PLAYLIST_ACCEPTED = "playlist-accepted"
@@ -91,8 +102,32 @@ def unknown(environ: Mapping[str, str] = os.environ) -> frozenset[str]:
     return frozenset(
         name
         for name in names(environ)
-        if name not in KNOWN and not (name.startswith(CRASH_PREFIX) and _parse_crash(name))
+        if name not in KNOWN
+        and not (name.startswith(CRASH_PREFIX) and _parse_crash(name))
+        and not (name.startswith(SENSE_STUCK_PREFIX) and len(name) > len(SENSE_STUCK_PREFIX))
     )
+
+
+def sense_stuck_file(environ: Mapping[str, str] = os.environ) -> Path | None:
+    """The file of an armed ``sense-stuck:<file>`` (the first one), or None."""
+    for name in sorted(names(environ)):
+        if name.startswith(SENSE_STUCK_PREFIX) and len(name) > len(SENSE_STUCK_PREFIX):
+            return Path(name[len(SENSE_STUCK_PREFIX) :])
+    return None
+
+
+def stuck_inputs(path: Path, inputs: Iterable[str]) -> frozenset[str]:
+    """The inputs ``sense-stuck`` holds "absent" now: none while ``path`` does not exist,
+    those it names (unknown names ignored), or all of them when it names none."""
+    try:
+        text = path.read_text()
+    except (FileNotFoundError, NotADirectoryError):
+        return frozenset()
+    except OSError:
+        return frozenset()  # unreadable for a moment (being written): as if not there yet
+    known = frozenset(inputs)
+    named = frozenset(text.replace(",", " ").split())
+    return known & named if named else known
 
 
 def _parse_crash(name: str) -> tuple[str, int] | None:

@@ -13,20 +13,30 @@ the value it last reported), pin numbers and board polarity (configuration).
 Edges are for promptness, ``states()`` is the truth: a debounce that drops the last edge of a
 burst (RPi.GPIO's style) or an edge lost while the station was busy is corrected by the next
 ``states()`` read, so the runtime should read ``states()`` at start and on its periodic tick.
+
+Simulation only: with ``LOA_FAULT=sense-stuck:<file>`` (``agent.faults``) a thread drives the
+mock pins of the inputs the file names to "absent" while it exists, and back to "present" once
+it is gone: a sense input that stops following its relay, and follows again, in a running
+agent. Unset (always, outside tests) there is no such thread and nothing is read.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import os
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 # Conventional names; any name works, these are the ones the station gives a meaning to.
 MAINS = "mains"
 AMP_POWER = "amp_power"
 SPEAKER_LINE = "speaker_line"
+log = logging.getLogger(__name__)
 
 
 class InputError(RuntimeError):
@@ -114,7 +124,9 @@ class HealthInputs:
         self._deliver = deliver
         self._monotonic = monotonic
         self._devices: dict[str, Any] = {}
+        self._polarity = polarity
         self._closed = False
+        self._stop_fault = threading.Event()
         try:
             for name, pin in pins.items():
                 device = DigitalInputDevice(pin, pull_up=not polarity[name], bounce_time=bounce)
@@ -125,6 +137,47 @@ class HealthInputs:
             self._closed = True
             self._close_devices()  # release the pins already claimed
             raise InputError(f"cannot claim input pins: {exc}") from exc
+        if "sense-stuck:" in os.environ.get("LOA_FAULT", ""):  # tests only: see the docstring
+            self._arm_sense_stuck()
+
+    def _arm_sense_stuck(self) -> None:
+        from agent import faults  # only here: hal needs nothing of the agent otherwise
+
+        path = faults.sense_stuck_file()
+        if path is None:
+            return
+        if not all(hasattr(d.pin, "drive_low") for d in self._devices.values()):
+            log.error("%s%s ignored: the inputs are not mock pins", faults.SENSE_STUCK_PREFIX, path)
+            return
+        thread = threading.Thread(
+            target=self._hold_stuck, args=(path, faults), name="sense-stuck", daemon=True
+        )
+        thread.start()
+
+    def _hold_stuck(self, path: Path, faults: Any) -> None:
+        """Drive the named inputs "absent" while ``path`` exists (again whenever something else
+        drove them "present", such as the simulation's healthy start), "present" once it is
+        gone. Each drive is an edge, delivered like any other."""
+        held: set[str] = set()
+        while not self._stop_fault.wait(faults.SENSE_POLL_S):
+            try:
+                self._apply_stuck(faults.stuck_inputs(path, self._devices), held)
+            except self._errors:
+                if self._closed:
+                    return  # closed between the check and the read: the fault ends with it
+                raise
+
+    def _apply_stuck(self, stuck: frozenset[str], held: set[str]) -> None:
+        for name, device in self._devices.items():
+            pin, high = device.pin, self._polarity[name]
+            present = bool(device.value)
+            if name in stuck and present:
+                (pin.drive_low if high else pin.drive_high)()
+                held.add(name)
+            elif name not in stuck and name in held:
+                held.discard(name)
+                if not present:
+                    (pin.drive_high if high else pin.drive_low)()
 
     def _edge(self, name: str, value: bool) -> Callable[[], None]:
         # Runs on gpiozero's thread: build the message and hand it over, nothing more.
@@ -150,6 +203,7 @@ class HealthInputs:
         if self._closed:
             return
         self._closed = True
+        self._stop_fault.set()
         self._close_devices()
 
     def _close_devices(self) -> None:
