@@ -10,7 +10,9 @@ session-scoped `mqtt_broker` fixture and the function-scoped `mqtt_connect` fact
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -167,6 +169,13 @@ class MosquittoBroker:
     def stop(self, timeout: float = 5.0) -> None:
         if self._broker is not None:
             self._broker.stop(timeout)
+
+    def kill(self, timeout: float = 5.0) -> None:
+        """SIGKILL the broker, as a crash would (no DISCONNECT, no Will sent on its way out),
+        then reap it; ``start(same_port=True)`` brings it back where clients look for it."""
+        assert self._broker is not None, "broker not started"
+        os.kill(self._broker.pid, signal.SIGKILL)
+        self._broker.stop(timeout)  # the process is dead or dying: this only waits and reaps
 
     def reload(
         self,

@@ -6,6 +6,12 @@ envelopes, and a media server on loopback; one per test module. ``CrashStation``
 provisioned ``loa-agent run`` (LOA_HAL=sim) that can be started with crash points armed
 (``LOA_FAULT``), and read from outside: its outbox, its trust database, its cache, what the
 registry stored of it. Everything here waits on facts with deadlines; nothing sleeps to assert.
+
+The link faults (tests/e2e/test_fault_link) use the same province from outside: the broker
+SIGKILLed and restarted on its port (``kill_broker``/``restart_broker``), collectors stopped,
+started and added on the shared subscription (``restart_collector``/``add_collector``), a
+station enrolled behind a proxy (``enrol(..., broker_url=...)``) and with every play kept in a
+file of its own (``plays``).
 """
 
 from __future__ import annotations
@@ -30,13 +36,15 @@ from agent import faults
 from agent.core.targets import StationId
 from agent.link import TlsFiles
 from agent.outbox import KINDS
+from hal.audio import FRAME_BYTES, SAMPLE_RATE
 from province.collector import Collector
 from province.registry import Registry
-from tests.harness.audio import make_tone
+from tests.harness.audio import analyse_pcm, make_tone
 from tests.harness.broker import MosquittoBroker, Recorder, close_client, connect_client
 from tests.harness.media_server import MediaServer
+from tests.harness.paced_card import plays as paced_plays
 from tests.harness.station_proc import StationProcess, provision_station
-from tests.harness.trust import envelope, keyring_body, playlist_body
+from tests.harness.trust import body_bytes, envelope, keyring_body, playlist_body
 
 BIN = Path(sys.executable).parent
 HANOI = ZoneInfo("Asia/Ho_Chi_Minh")
@@ -84,12 +92,34 @@ class Province:
     media: MediaServer
     desk: Recorder
     _tones: int = 0
+    # Collectors beside ``collector`` on the shared subscription, by CN.
+    others: dict[str, tuple[Collector, Registry]] = field(default_factory=dict)
+    _gone_duplicates: int = 0  # counted by collectors stopped since
+    broker_kills: int = 0
+    collector_restarts: int = 0
 
-    def enrol(self, path: str, *, heartbeat_s: float = 1.0) -> CrashStation:
+    def enrol(
+        self,
+        path: str,
+        *,
+        heartbeat_s: float = 1.0,
+        broker_url: str | None = None,
+        plays_to_files: bool = False,
+    ) -> CrashStation:
+        """A provisioned station (not started). ``broker_url``: reach the broker through
+        something else (a proxy); ``plays_to_files``: every opening of the card is kept in a
+        file of its own (ALSA ``file`` plugin, ``truncate false``), see ``CrashStation.plays``."""
         directory = self.tmp / path.replace("/", "_")
         proc = provision_station(
-            directory, self.broker, path, reports=f"heartbeat_s = {heartbeat_s:g}\n"
-        )
+            directory, self.broker, path, reports=f"heartbeat_s = {heartbeat_s:g}\n",
+            broker_url=broker_url,
+        )  # fmt: skip
+        if plays_to_files:
+            home = directory / "home"
+            (home / ".asoundrc").write_text(
+                'pcm.!default {\n type file\n slave.pcm "null"\n'
+                f' file "{home / "speaker.raw"}"\n format "raw"\n truncate false\n}}\n'
+            )
         keys = directory / "keys"
         self.registry.add_station(
             StationId.parse(path), (keys / "station.crt").read_bytes(),
@@ -119,35 +149,105 @@ class Province:
     def clear(self, topic: str) -> None:
         self.desk.publish(topic, b"", retain=True)
 
+    def record_playlist(self, topic: str, doc: dict[str, Any], signed: bytes) -> None:
+        """What the province's ``publish`` keeps of a playlist: coverage reads it from here."""
+        self.registry.record_published(
+            topic, "playlist", "25", str(doc["target"]), f"v{doc['version']}", body_bytes(doc),
+            signed,
+        )  # fmt: skip
+
     def duplicates(self) -> int:
-        return self.collector.stats().duplicates
+        """Copies of stored reports the collectors received again, over every collector this
+        province has run (stopped ones included)."""
+        running = [self.collector, *(c for c, _ in self.others.values())]
+        return self._gone_duplicates + sum(c.stats().duplicates for c in running)
+
+    # -- faults of the province side -------------------------------------------------------
+
+    def kill_broker(self) -> None:
+        """SIGKILL the broker (no clean goodbye to anyone; ``persistence false``, so retained
+        messages and queued sessions go with it, as at a province broker that crashed)."""
+        self.broker.kill()
+        self.broker_kills += 1
+
+    def restart_broker(self, timeout: float = 10.0) -> None:
+        """The broker back on its port; waits until the collectors are subscribed again, and
+        connects a new desk (the desk's retained set carried over, cleared at close)."""
+        self.broker.start(timeout, same_port=True)
+        retained = set(self.desk.retained)
+        close_client(self.desk.client)
+        self.desk = Recorder(connect_client(self.broker, DESK))
+        self.desk.retained = retained
+        for collector in [self.collector, *(c for c, _ in self.others.values())]:
+
+            def back(c: Collector = collector) -> bool:
+                return c.stats().connected
+
+            wait(back, "a collector back on the broker", timeout + 30)
+
+    def restart_collector(self) -> None:
+        """Stop the main collector (it stores what it holds and sends the receipts it owes)
+        and start a new one with the same identity, so the same persistent session."""
+        self._gone_duplicates += self.collector.stats().duplicates
+        self.collector.stop()
+        self.collector_registry.close()
+        self.collector, self.collector_registry = start_collector(self.broker, self.db_path,
+                                                                  COLLECTOR)  # fmt: skip
+        self.collector_restarts += 1
+
+    def add_collector(self, cn: str) -> None:
+        """One more collector on the shared subscription (its CN among the operators)."""
+        self.others[cn] = start_collector(self.broker, self.db_path, cn)
+
+    def stop_collector(self, cn: str) -> None:
+        collector, registry = self.others.pop(cn)
+        self._gone_duplicates += collector.stats().duplicates
+        collector.stop()
+        registry.close()
+
+    @property
+    def db_path(self) -> Path:
+        return self.tmp / "province" / "registry.db"
 
     def close(self) -> None:
         self.desk.clear_retained()
         close_client(self.desk.client)
+        for cn in list(self.others):
+            self.stop_collector(cn)
         self.collector.stop()
         self.collector_registry.close()
         self.registry.close()
 
 
-def open_province(tmp: Path, stations: Sequence[str], executable: str) -> Province:
+def start_collector(broker: MosquittoBroker, db_path: Path, cn: str) -> tuple[Collector, Registry]:
+    """A running, subscribed collector as ``cn`` with a registry connection of its own."""
+    cert, key = broker.client_credentials(cn)
+    registry = Registry(db_path)
+    collector = Collector(
+        registry, broker.host, broker.port, TlsFiles(broker.ca_path, cert, key), "25",
+        client_id=cn,
+    )  # fmt: skip
+    collector.start()
+    if not collector.wait_ready(10):
+        collector.stop()
+        registry.close()
+        raise RuntimeError(f"the collector {cn} did not subscribe\n{broker.log_text()}")
+    return collector, registry
+
+
+def open_province(
+    tmp: Path, stations: Sequence[str], executable: str,
+    operators: Sequence[tuple[str, str]] = OPERATORS,
+) -> Province:  # fmt: skip
     broker = MosquittoBroker(
-        tmp / "broker", stations=tuple(stations), operators=OPERATORS, executable=executable
+        tmp / "broker", stations=tuple(stations), operators=operators, executable=executable
     )
     broker.start()
     try:
         db_path = tmp / "province" / "registry.db"
         registry = Registry(db_path)
         registry.set_meta("province", "25")
-        cert, key = broker.client_credentials(COLLECTOR)
-        collector_registry = Registry(db_path)
-        collector = Collector(
-            collector_registry, broker.host, broker.port,
-            TlsFiles(broker.ca_path, cert, key), "25", client_id=COLLECTOR,
-        )  # fmt: skip
-        collector.start()
-        if not collector.wait_ready(10):
-            raise RuntimeError(f"the collector did not subscribe\n{broker.log_text()}")
+        collector, collector_registry = start_collector(broker, db_path, COLLECTOR)
         media = MediaServer()
         media.__enter__()
         desk = Recorder(connect_client(broker, DESK))
@@ -186,19 +286,34 @@ class Slot:
 
 
 def playlist_envelope(target: str, version: int, slots: Sequence[Slot]) -> bytes:
+    return envelope("playlist", playlist_doc(target, version, slots), "playlist")
+
+
+def playlist_doc(target: str, version: int, slots: Sequence[Slot]) -> dict[str, Any]:
+    """The playlist's body (``body_bytes`` of it is what the registry records)."""
     now = datetime.now(UTC).astimezone(HANOI)
-    doc = playlist_body(
+    return playlist_body(
         version=version, target=target,
         media={s.tone.name: s.tone.entry for s in slots},
         slots=[s.body() for s in slots],
         issued_at=(now - timedelta(minutes=1)).isoformat(timespec="seconds"),
         valid_from=(now - timedelta(days=1)).isoformat(timespec="seconds"),
     )  # fmt: skip
-    return envelope("playlist", doc, "playlist")
 
 
 def keyring_envelope(version: int) -> bytes:
     return envelope("keyring", keyring_body(version), "root1", "root2")
+
+
+@dataclass(frozen=True)
+class Play:
+    file: str
+    freq_hz: float | None
+    seconds: float
+    written: datetime  # UTC, the file's last write
+
+    def is_tone(self, tone: Tone) -> bool:
+        return self.freq_hz is not None and abs(self.freq_hz - tone.hz) < tone.hz / 50
 
 
 @dataclass
@@ -317,6 +432,20 @@ class CrashStation:
                 problems.append(f"{entry.name}: a partial file left behind")
         return problems
 
+    def plays(self) -> list[Play]:
+        """What each opening of the card was handed (station enrolled with ``plays_to_files``),
+        in the order the card was opened: the tone's frequency, its length, when the file was
+        last written (an unpaced sink takes a play at once, so about when it started)."""
+        found = []
+        for path in paced_plays(self.directory / "home" / "speaker.raw"):
+            pcm = path.read_bytes()
+            if len(pcm) < FRAME_BYTES * SAMPLE_RATE // 100:
+                continue  # the card opened and (almost) nothing written
+            report = analyse_pcm(pcm)
+            written = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+            found.append(Play(path.name, report.freq_hz, report.seconds, written))
+        return found
+
     def cached(self, sha256: str) -> bool:
         return (self.directory / "cache" / sha256).exists()
 
@@ -344,6 +473,14 @@ class CrashStation:
     def online(self) -> bool:
         state = self.province.registry.station_state(self.path)
         return state is not None and state.online
+
+    def session(self) -> int:
+        """The session counter of the last birth the registry stored (0: none yet): it grows
+        with every connect, so a new value says the station is back on the broker."""
+        state = self.province.registry.station_state(self.path)
+        if state is None or not state.online:
+            return 0
+        return int(json.loads(state.body).get("session", 0))
 
     def settled(self) -> bool:
         """No hole left in the registry: every kind's watermark is its highest stored seq."""
