@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
@@ -45,6 +46,8 @@ def load_private(path: Path) -> Ed25519PrivateKey:
         key = load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
         raise KeyFileError(f"{path} is not an unencrypted PEM private key") from exc
+    except UnsupportedAlgorithm as exc:  # e.g. an EC key on a curve OpenSSL does not build
+        raise KeyFileError(f"{path} is not an Ed25519 key ({exc})") from exc
     if not isinstance(key, Ed25519PrivateKey):
         raise KeyFileError(f"{path} is not an Ed25519 key")
     return key
