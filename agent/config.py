@@ -266,7 +266,7 @@ def unknown_keys(text: str) -> list[str]:
     try:
         doc = _Seen(tomllib.loads(text))
         _load(doc, {}, Path("/"))
-    except (tomllib.TOMLDecodeError, ConfigError):
+    except (tomllib.TOMLDecodeError, ConfigError, RecursionError):
         return []
     return doc.unasked()
 
@@ -277,6 +277,8 @@ def load_config(text: str, env: Mapping[str, str], base_dir: Path) -> Config:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}") from exc
+    except RecursionError as exc:  # tomllib recurses per nested array or inline table
+        raise ConfigError("not valid TOML: arrays or tables nested too deeply") from exc
     return _load(doc, env, base_dir)
 
 
@@ -513,6 +515,8 @@ def read_config(path: Path, env: Mapping[str, str]) -> Config:
         text = path.read_text("utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:  # TOML is UTF-8; a corrupt file must say so, not crash
+        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start})") from exc
     config = load_config(text, env, path.resolve().parent)
     unknown = unknown_keys(text)
     if unknown:
