@@ -119,7 +119,10 @@ class TrustStore:
 
     def _rollback(self) -> None:
         self._written = []  # the cache moves only on commit
-        self._db.execute("ROLLBACK")
+        # SQLite rolls back by itself when a COMMIT fails with SQLITE_FULL (a full disk): a
+        # ROLLBACK then raised "no transaction is active" past StoreError, out of the runtime.
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
 
     def snapshot(self) -> TrustState:
         """The current state for reading (heartbeats, events): no write lock taken."""

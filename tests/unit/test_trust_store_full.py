@@ -41,3 +41,14 @@ def test_a_failed_commit_leaves_the_snapshot_as_it_was(tmp_path: Path) -> None:
         store.persist((RaiseTimeFloor(NOW + timedelta(days=1)),), NOW)
     assert store.snapshot() == before
     store.close()
+
+
+def test_a_commit_sqlite_rolled_back_itself_raises_store_error(tmp_path: Path) -> None:
+    """SQLITE_FULL at COMMIT: SQLite has rolled the transaction back already (what a full disk
+    did under the e2e test); the store's own ROLLBACK must not raise past StoreError."""
+    store = TrustStore(tmp_path / "trust.db")
+    with pytest.raises(StoreError, match="cannot commit"), store.transaction():
+        store.persist((RaiseTimeFloor(NOW),), NOW)
+        store._db.execute("ROLLBACK")  # as SQLite does itself on SQLITE_FULL
+    assert store.snapshot().time_floor is None
+    store.close()
