@@ -15,11 +15,12 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.core import dsse
+from agent.core import dsse, strict
 from agent.core.targets import StationId
 from agent.core.timefmt import format_rfc3339
 
 ASRUN_TYPE = "application/vnd.loa.asrun+json"
+REPORT_KINDS = ("heartbeat", "asrun", "event")  # the kinds with a seq (agent/outbox.py)
 OUTCOMES = ("complete", "partial", "preempted", "skipped", "missed", "failed")
 
 
@@ -179,3 +180,23 @@ def birth_body(station: StationId, session: int, now: datetime, health: Health) 
 
 def offline_body(station: StationId) -> dict[str, Any]:
     return {"online": False, "station": station.path}
+
+
+def parse_receipt(payload: bytes) -> dict[str, int]:
+    """The collector's receipt on ``.../ack`` (section 7): ``{kind: highest contiguous seq}``.
+
+    Kinds this station does not know are skipped (a newer collector may receipt more); a known
+    kind whose watermark is not a non-negative integer (``true`` is not 1) refuses the whole
+    receipt with ValueError, since the outbox deletes on its strength.
+    """
+    doc = strict.loads(payload)  # StrictDecodeError is a ValueError
+    if not isinstance(doc, dict):
+        raise ValueError("a receipt is a JSON object of watermarks")
+    marks: dict[str, int] = {}
+    for kind, upto in doc.items():
+        if kind not in REPORT_KINDS:
+            continue
+        if isinstance(upto, bool) or not isinstance(upto, int) or upto < 0:
+            raise ValueError(f"receipt watermark of {kind} is not an integer from 0: {upto!r}")
+        marks[kind] = upto
+    return marks

@@ -24,6 +24,7 @@ from agent.core.cap import (
     CapError,
     decide,
 )
+from tests.harness.fuzz import budget
 
 ICT = timezone(timedelta(hours=7))
 COMMAND_EXPIRES = datetime(2026, 11, 22, 12, 0, tzinfo=ICT)
@@ -985,7 +986,7 @@ def check(doc: dict[str, Any], command_expires: datetime, sound_tests: bool) -> 
     expires=TIMES,
     sound_tests=st.booleans(),
 )
-@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=budget(400), suppress_health_check=[HealthCheck.too_slow])
 def test_structured_cap_never_raises_anything_but_cap_error(
     cap: Any, references: Any, expires: datetime, sound_tests: bool
 ) -> None:
@@ -994,7 +995,7 @@ def test_structured_cap_never_raises_anything_but_cap_error(
 
 
 @given(text=st.text(max_size=400), expires=TIMES, sound_tests=st.booleans())
-@settings(max_examples=300)
+@settings(max_examples=budget(300))
 def test_arbitrary_text_as_cap_xml_is_refused_cleanly(
     text: str, expires: datetime, sound_tests: bool
 ) -> None:
@@ -1049,7 +1050,7 @@ XML_PIECES = st.sampled_from(
     expires=TIMES,
     sound_tests=st.booleans(),
 )
-@settings(max_examples=400)
+@settings(max_examples=budget(400))
 def test_mutated_cap_xml_never_raises_anything_but_cap_error(
     base: str,
     edits: list[tuple[float, int, str]],

@@ -13,7 +13,8 @@ or joined by a new one; the body then re-signed or not). Whatever comes out:
   agree that the signers could sign it, and the state after it must still judge every probe
   envelope without raising.
 
-Runs are derandomized (the same examples every time) and use no example database.
+Runs are derandomized (the same examples every time) and use no example database; the budget
+is ``budget(300)`` examples per test, 50 times that in the long run (``LOA_RELIABILITY_LONG=1``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from agent.core.trust_state import TrustState, apply
 from agent.core.verify import Accepted, ClockView, Context, Rejection, Verdict, verify
 from agent.schemas import load_schema_set
 from tests.corpus.hostile import KNOWN_GOOD, NOW, beacon, emergency, p6, signed, stop
+from tests.harness.fuzz import budget
 from tests.harness.trust import (
     KEY_NAMES,
     PAYLOAD,
@@ -46,7 +48,7 @@ from tests.harness.trust import (
 )
 
 FUZZ = settings(
-    max_examples=300,
+    max_examples=budget(300),  # 50x with LOA_RELIABILITY_LONG=1 (tests/harness/fuzz.py)
     deadline=None,
     derandomize=True,
     database=None,
