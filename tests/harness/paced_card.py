@@ -63,3 +63,53 @@ def plays(capture: Path) -> list[Path]:
         return int(suffix[1:]) if suffix else 0
 
     return sorted(capture.parent.glob(capture.name + "*"), key=number)
+
+
+class VanishingCard:
+    """A paced card that can vanish and come back while a station plays into it (issue 13,
+    devices): ``vanish()`` SIGKILLs the private PulseAudio daemon, as a USB card pulled out
+    (its clients get no goodbye: their next write fails), and ``restore()`` starts it again on
+    the same socket, with the low-latency keep-alive stream (see ``paced_card``)."""
+
+    def __init__(self, root: Path) -> None:
+        missing = [t for t in ("pulseaudio", "pacat", "parec", "pactl") if shutil.which(t) is None]
+        if missing:
+            pytest.skip(f"{', '.join(missing)} not found (make sysdeps installs pulseaudio-utils)")
+        self.sink = PulseNullSink(root)
+        self._keepalive: subprocess.Popen[bytes] | None = None
+
+    @property
+    def socket(self) -> Path:
+        return self.sink.socket
+
+    @property
+    def present(self) -> bool:
+        return self.sink.died() is None and self._keepalive is not None
+
+    def restore(self) -> None:
+        """Start the card (the first time, or again after ``vanish``)."""
+        self.sink.start()
+        self._keepalive = subprocess.Popen(
+            ["pacat", "--raw", "--format=s16le", "--channels=2", "--rate=48000",
+             "--latency-msec=20", "/dev/zero"],
+            env={**os.environ, **self.sink.env},
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def vanish(self) -> None:
+        daemon = self.sink._proc  # bench.paced_sink keeps its process private
+        if daemon is not None:
+            daemon.kill()
+            daemon.wait(10)
+        self.sink._proc = None
+        self._stop_keepalive()
+
+    def _stop_keepalive(self) -> None:
+        keepalive, self._keepalive = self._keepalive, None
+        if keepalive is not None:
+            keepalive.terminate()
+            keepalive.wait(10)
+
+    def close(self) -> None:
+        self._stop_keepalive()
+        self.sink.stop()
