@@ -41,6 +41,7 @@ from agent.core.reports import (
 )
 from agent.core.timefmt import format_rfc3339
 from agent.core.verify import Accepted, Rejection, Verdict
+from agent.envelope_queue import EnvelopeQueue
 from agent.ingest import Ingestor
 from agent.link import Connected, Disconnected, Link, Received
 from agent.live import LiveRelay, LiveSignalled, LiveWake
@@ -81,7 +82,7 @@ class PlayDone:
 
 @dataclass(frozen=True, slots=True)
 class Tick:
-    what: str  # heartbeat | replan | watch | integrity | alive
+    what: str  # heartbeat | replan | watch | integrity | alive | envelopes
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +209,13 @@ class Station:
             resume_window=timedelta(seconds=self.config.schedule.resume_window_s),
             fallback=self.config.audio.fallback,
         )
-        self.link = self.link_factory(self.inbox.put) if self.link_factory else None
+        # Envelopes wait in a bounded queue of their own and are taken in batches between
+        # timers and plays (agent/envelope_queue.py): a flood can neither grow the agent's
+        # memory nor hold a slot back.
+        self.envelopes: EnvelopeQueue[Received] = EnvelopeQueue(
+            lambda: self.inbox.put(Tick("envelopes")), lambda r: len(r.payload)
+        )
+        self.link = self.link_factory(self._from_link) if self.link_factory else None
         self.volume = self._load_volume()
         self.live = LiveRelay(
             self.config.live,
@@ -289,6 +296,7 @@ class Station:
                 message.work()
 
     def _shutdown(self) -> None:
+        self.envelopes.close()  # a paho thread waiting on a full queue must not hold the stop
         if self.on_stopping is not None:
             self.on_stopping()
         self.timers.stop()
@@ -307,6 +315,21 @@ class Station:
 
     def _tick(self, what: str) -> Callable[[], None]:
         return lambda: self.inbox.put(Tick(what))
+
+    def _from_link(self, event: Any) -> None:
+        """paho's thread: envelopes to their bounded queue (waiting while it is full), the
+        link's state changes straight to the inbox."""
+        if isinstance(event, Received):
+            self.envelopes.put(event)
+        else:
+            self.inbox.put(event)
+
+    def _take_envelopes(self) -> None:
+        batch, more = self.envelopes.take()
+        if more:  # the queue's next turn, behind whatever else is waiting now
+            self.inbox.put(Tick("envelopes"))
+        for message in batch:
+            self._on_received(message)
 
     # dispatch --------------------------------------------------------------------------------
 
@@ -341,6 +364,8 @@ class Station:
                 message.work()
             case ArtifactFetched():
                 self.updater.on_fetched(message)
+            case Tick(what="envelopes"):
+                self._take_envelopes()
             case Tick(what="integrity"):
                 self.media.check_integrity()
             case Tick(what="alive"):
