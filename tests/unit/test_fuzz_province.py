@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.x509 import InvalidVersion
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -38,7 +40,7 @@ from province.coverage_render import (
 from province.httt_export import export
 from province.registry import Registry
 from tests.harness.fuzz import Tally, budget, fuzz_and_record
-from tests.harness.mutate import JSON, mutated_doc
+from tests.harness.mutate import JSON, mutated, mutated_doc
 from tests.harness.trust import body_bytes, playlist_body
 
 FILE = "tests/unit/test_fuzz_province.py"
@@ -175,5 +177,92 @@ def test_fuzz_province_readers_of_stored_reports(registry: Registry, tmp_path: P
         "arbitrary fields through the real collector intake; after each, the coverage report, "
         "its renderers and the HTTT export are built from the registry and the honest "
         "station's complete as-run must still count. accepted = reports stored and read.",
+        run, tmp_path, FILE,
+    )  # fmt: skip
+
+
+# --- enrollment: the station's certificate request (province/enrollment.py) --------------------
+
+# A request for a key on secp112r1 (OpenSSL signs it; cryptography cannot load the curve):
+# enroll raised cryptography's UnsupportedAlgorithm from is_signature_valid, not ProvinceError.
+SECP112R1_CSR = b"""-----BEGIN CERTIFICATE REQUEST-----
+MIGLMFcCAQAwHDEaMBgGA1UEAwwRMjUvMDgyMzAvMDgyMzAtMDkwMjAQBgcqhkjO
+PQIBBgUrgQQABgMeAAQ1kfETxIMuq700Sd9ijy7QBl2jSIJ9uQToIM7woAAwCgYI
+KoZIzj0EAwIDJAAwIQIOCrHXUNYAQXtrS+I69d0CDwC4CGaxmk9qVqVdvcDg+Q==
+-----END CERTIFICATE REQUEST-----
+"""
+
+
+def _csr_der(cn: str) -> bytes:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import Encoding
+    from cryptography.x509.oid import NameOID
+
+    private = ec.derive_private_key(7, ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    csr = (
+        x509.CertificateSigningRequestBuilder().subject_name(subject).sign(private, hashes.SHA256())
+    )
+    return csr.public_bytes(Encoding.DER)
+
+
+def _pem(der: bytes) -> bytes:
+    import base64
+    import textwrap
+
+    body = "\n".join(textwrap.wrap(base64.b64encode(der).decode(), 64))
+    return (
+        f"-----BEGIN CERTIFICATE REQUEST-----\n{body}\n-----END CERTIFICATE REQUEST-----\n".encode()
+    )
+
+
+# province/enrollment.py is not this part's either: _load_csr must read the request inside its
+# try (load and is_signature_valid) and also catch x509.InvalidVersion (a version-1 request) and
+# UnsupportedAlgorithm; is_signature_valid raises ValueError for a point off its curve. Handed to
+# its owner in the issue 13 fuzz report; strict=True, so the mark must go once it lands.
+@pytest.mark.xfail(
+    strict=True,
+    raises=(UnsupportedAlgorithm, InvalidVersion, ValueError),
+    reason="enrollment._load_csr lets cryptography's own errors escape (issue 13 fuzz)",
+)
+def test_fuzz_enrollment_certificate_requests(tmp_path: Path) -> None:
+    from province.enrollment import ProvinceHome, enroll, init_ca
+    from province.errors import ProvinceError
+
+    home = ProvinceHome(tmp_path / "home")
+    init_ca(home, "25")
+    signing = dsse.public_raw(key(HONEST)).hex()
+    base = _csr_der("25/08230/08230-05")
+
+    def run(tally: Tally) -> None:
+        @settings(max_examples=budget(100))
+        @given(
+            st.one_of(
+                st.binary(max_size=200),
+                mutated(base).map(_pem),
+                st.sampled_from(["25/08230/08230-06", "26/08230/x", "25/08230/ack", "a" * 64])
+                .map(_csr_der)
+                .map(_pem),
+            ),
+            st.sampled_from([signing, signing.upper(), signing[:-2], "zz" * 32]),
+        )
+        @example(SECP112R1_CSR, signing)
+        def prop(csr: bytes, signing_public: str) -> None:
+            try:
+                enroll(home, csr, signing_public, out=tmp_path / "cert.pem")
+            except ProvinceError:
+                tally.refuse()
+            else:
+                tally.ok()
+
+        prop()
+
+    fuzz_and_record(
+        "enrollment.enroll (a station's certificate request)",
+        "Arbitrary bytes, DER-mutated ECDSA requests re-wrapped in PEM, requests with odd CNs, "
+        "signing keys of the wrong spelling, against a real province CA and registry: an "
+        "Enrollment or ProvinceError.",
         run, tmp_path, FILE,
     )  # fmt: skip
