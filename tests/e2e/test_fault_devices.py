@@ -244,13 +244,13 @@ def test_card_vanishes_mid_play_and_returns(province: Province, tmp_path: Path) 
         first = whole_second(datetime.now(UTC) + timedelta(seconds=LEAD_S))
         cycles: list[tuple[Slot, Slot, Slot]] = []
         for k in range(CYCLES):
-            at = first + timedelta(seconds=11 * k)
+            at = first + timedelta(seconds=8 * k)
             hz = 500.0 + 300.0 * k
             cycles.append(
                 (
                     slot(province, f"cut{k}", at, hz, 2.0),
-                    slot(province, f"gone{k}", at + timedelta(seconds=4), hz + 100, 1.0),
-                    slot(province, f"back{k}", at + timedelta(seconds=7), hz + 200, 1.0),
+                    slot(province, f"gone{k}", at + timedelta(seconds=2), hz + 100, 1.0),
+                    slot(province, f"back{k}", at + timedelta(seconds=5), hz + 200, 1.0),
                 )
             )
         run.schedule([s for cycle in cycles for s in cycle])  # fmt: skip
