@@ -256,6 +256,9 @@ class Station:
         self._event(
             "boot", None, f"agent {AGENT_VERSION} started", {"plan": len(self.programme.plan)}
         )
+        # A missing sound card is reported now, not at the first heartbeat (5 minutes by
+        # default) nor at the first slot; the heartbeat looks again while it stays bad.
+        self.player.probe_device()
         self.updater.start()
         self.timers.every("heartbeat", self.config.reports.heartbeat_s, self._tick("heartbeat"))
         self.timers.every("replan", 3600, self._tick("replan"))
