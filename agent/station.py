@@ -52,6 +52,7 @@ from agent.player import Player, PlayItem, PlayResult, RelayTestResult
 from agent.programme import Outcome, Programme
 from agent.quota import touch
 from agent.scheduler import MISFIRE_GRACE_S, Timers
+from agent.trust_store import StoreError
 from agent.updater import ArtifactFetched, Updater
 from agent.version import running_version
 from hal.files import atomic_write
@@ -167,6 +168,7 @@ class Station:
     _started_mono: float = 0.0
     _clock_offset: float | None = None
     _held: dict[str, bytes] = field(default_factory=dict)  # topic -> retained envelope
+    _retry_unwritable: bool = False  # an envelope is held because the state was unwritable
     # Emergencies whose clip is being fetched: sha256 -> their occurrences.
     _awaiting_clip: dict[str, list[Occurrence]] = field(default_factory=dict)
     # CAP identifier -> command id of the emergencies heard, so a CAP Cancel/Update finds them.
@@ -391,6 +393,9 @@ class Station:
             case Tick(what="replan"):
                 self._replan()
             case Tick(what="watch"):
+                if self._retry_unwritable:  # held by a full disk: room may be back
+                    self._retry_unwritable = False
+                    self._retry_held()
                 if self.ingestor.store.data_version() != self._data_version:
                     self._reload_playlists()  # `loa-agent ingest` changed the state
                 self._check_clock_jump()
@@ -408,7 +413,11 @@ class Station:
         if message.topic == f"{station.prefix}/ack":
             self._on_ack(message.payload)
             return
-        verdict = self.ingestor.ingest(message.payload, message.topic)
+        try:
+            verdict = self.ingestor.ingest(message.payload, message.topic)
+        except StoreError as exc:
+            self._unwritable(message.topic, message.payload, exc)
+            return
         if isinstance(verdict, Accepted) and isinstance(verdict.message, Command):
             # The loudspeaker first, the paperwork after: an emergency cuts in before its
             # verdict event is written (an outbox commit, an fsync on an SD card).
@@ -438,11 +447,27 @@ class Station:
             or bool(self._awaiting_clip)
         )
 
-    def _verify(self, topic: str, payload: bytes) -> Verdict:
-        """One envelope through the trust core, and the event that says what became of it."""
-        verdict = self.ingestor.ingest(payload, topic)
+    def _verify(self, topic: str, payload: bytes) -> Verdict | None:
+        """One envelope through the trust core, and the event that says what became of it
+        (None: the state could not be written, the envelope is held)."""
+        try:
+            verdict = self.ingestor.ingest(payload, topic)
+        except StoreError as exc:
+            self._unwritable(topic, payload, exc)
+            return None
         self._report_verdict(topic, verdict)
         return verdict
+
+    def _unwritable(self, topic: str, payload: bytes, exc: StoreError) -> None:
+        """The state database refused the write (a full disk): nothing was accepted (rolled
+        back; the store's snapshot did not move) and the playlists in force play on. It raised
+        out of the runtime and stopped the agent (tests/e2e/test_fault_disk.py). Said as an
+        event; the envelope is held and tried again at every watch tick (held whether or not
+        it came retained: one delivered live is not delivered again before a reconnect)."""
+        if self.flood.admit("state-unwritable", self.clock.monotonic()):
+            self._event("envelope", "state-unwritable", str(exc), {"topic": topic})
+        self._hold(topic, payload)
+        self._retry_unwritable = True
 
     def _report_verdict(self, topic: str, verdict: Verdict) -> None:
         fields = {"topic": topic}
