@@ -260,16 +260,18 @@ class Player:
         return self._device_fault
 
     def probe_device(self) -> None:
-        """While nothing plays, open and close the card if its state is unknown (at start) or
-        it failed, so a missing card is reported before a slot needs it, and one that came
-        back is reported before the next slot proves it. A card known to work is left alone.
+        """While nothing plays, look for the card (the sink's ``probe``, which opens nothing)
+        if its state is unknown (at start) or it failed, so a missing card is reported before a
+        slot needs it, and one that came back before the next slot proves it. A card known to
+        work is left alone, and so is a sink that cannot be probed (the simulation's file).
         Runs on the caller's thread; plays start on that thread too, so none can race it."""
         if self.busy or (self._device_known and self._device_fault is None):
             return
-        sink = self._open_sink()
+        probe: Callable[[], None] | None = getattr(self._open_sink(), "probe", None)
+        if probe is None:
+            return
         try:
-            sink.open()
-            sink.close()
+            probe()
         except AudioError as exc:
             self._device(f"audio: {exc}"[:200])
         else:

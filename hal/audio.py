@@ -156,6 +156,31 @@ class PyAudioSink:
             self.release()
             raise
 
+    def probe(self) -> None:
+        """Raise ``AudioError`` unless the card can be found now, without opening a stream
+        (an opening is a play to ALSA's file plugin, a click on some cards). PortAudio is
+        started afresh: the device list it took when it started says nothing of a card pulled
+        out, or plugged in, since. A sink that is open is in use, so its card is there."""
+        if self._stream is not None:
+            return
+        try:
+            import pyaudio
+        except ImportError as exc:
+            raise AudioError("PyAudio (PortAudio) is not installed") from exc
+        self.release()
+        pa = self._start_portaudio(pyaudio)
+        try:
+            if self.device == "default":
+                pa.get_default_output_device_info()  # OSError when there is none
+            else:
+                self._device_index(pa)
+        except OSError as exc:
+            self.release()
+            raise AudioError(f"no audio device {self.device!r}: {exc}") from exc
+        except AudioError:
+            self.release()
+            raise
+
     def _start_portaudio(self, pyaudio: Any) -> Any:
         with _captured_stderr() as capture:
             try:

@@ -66,6 +66,11 @@ def card(monkeypatch: pytest.MonkeyPatch) -> FakeCard:
         def terminate(self) -> None:
             state.terminated += 1
 
+        def get_default_output_device_info(self) -> dict[str, Any]:
+            if state.gone:
+                raise OSError(-9996, "No Default Output Device Available")
+            return {"name": "default"}
+
     module = types.ModuleType("pyaudio")
     module.PyAudio = PyAudio  # type: ignore[attr-defined]
     module.paInt16 = 8  # type: ignore[attr-defined]
@@ -91,12 +96,23 @@ def test_a_card_lost_mid_write_says_so_and_close_does_not_hide_it(card: FakeCard
     assert card.started == 3 and card.written == 2 * len(CHUNK)
 
 
+def test_a_probe_starts_portaudio_afresh_and_opens_nothing(card: FakeCard) -> None:
+    sink = PyAudioSink()
+    sink.probe()
+    card.gone = True  # pulled out after PortAudio took its device list
+    with pytest.raises(AudioError, match="No Default Output Device"):
+        sink.probe()
+    card.gone = False
+    sink.probe()
+    assert (card.started, card.terminated, card.written) == (3, 2, 0)
+
+
 class SwitchSink:
     """A sink whose card can be pulled (``gone``) at a given write, and plugged back."""
 
     def __init__(self, fail_at_write: int | None = None, missing: bool = False) -> None:
         self.fail_at_write, self.missing = fail_at_write, missing
-        self.writes = self.opened = self.closed = 0
+        self.writes = self.opened = self.closed = self.probed = 0
 
     def open(self) -> None:
         if self.missing:
@@ -107,6 +123,11 @@ class SwitchSink:
         self.writes += 1
         if self.fail_at_write is not None and self.writes >= self.fail_at_write:
             raise AudioError("audio device 'default' failed: Unanticipated host error")
+
+    def probe(self) -> None:
+        self.probed += 1
+        if self.missing:
+            raise AudioError("no audio device 'default': No Default Output Device Available")
 
     def close(self) -> None:
         self.closed += 1
@@ -158,7 +179,7 @@ def test_a_missing_card_fails_the_play_and_the_probe_finds_it_back(
     sink = SwitchSink(missing=True)
     player, done, told, relays = make(mock_pins, fake_clock, sink)
     player.probe_device()  # at start: unknown, so it looks
-    assert told == ["audio: cannot open audio device 'default': no default output device"]
+    assert told == ["audio: no audio device 'default': No Default Output Device Available"]
     player.play(request())
     result = done.get(timeout=10)
     assert (result.outcome, result.started_at) == ("failed", None)
@@ -166,7 +187,7 @@ def test_a_missing_card_fails_the_play_and_the_probe_finds_it_back(
     assert len(told) == 1  # still missing: not told again
     sink.missing = False
     player.probe_device()
-    assert told[1:] == [None] and sink.opened == sink.closed == 1
+    assert told[1:] == [None] and sink.probed == 3 and sink.opened == sink.closed == 0
     player.probe_device()  # known to work: left alone
-    assert sink.opened == 1
+    assert sink.probed == 3
     relays.close()
