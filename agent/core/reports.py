@@ -8,6 +8,7 @@ prove who said what was played.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,6 +23,7 @@ from agent.core.timefmt import format_rfc3339
 ASRUN_TYPE = "application/vnd.loa.asrun+json"
 REPORT_KINDS = ("heartbeat", "asrun", "event")  # the kinds with a seq (agent/outbox.py)
 OUTCOMES = ("complete", "partial", "preempted", "skipped", "missed", "failed")
+REASON_MAX = 200  # asrun.schema.json's maxLength for reason
 
 
 def to_bytes(document: Mapping[str, Any]) -> bytes:
@@ -72,15 +74,25 @@ def asrun_body(station: StationId, seq: int, session: int, record: AsRun) -> dic
         "scheduled_at": ts(record.scheduled_at),
         "started_at": ts(record.started_at) if record.started_at else None,
         "ended_at": ts(record.ended_at) if record.ended_at else None,
-        "played_s": round(record.played_s, 3),
+        "played_s": (
+            round(record.played_s, 3)
+            if math.isfinite(record.played_s) and record.played_s > 0
+            else 0.0
+        ),
         "outcome": record.outcome,
-        "reason": record.reason,
+        # A failure's reason can quote a decoder's error at any length; the schema (and the
+        # province's tables) take 200 characters.
+        "reason": None if record.reason is None else record.reason[:REASON_MAX],
         "zones": list(record.zones),
         "volume": record.volume,
         "relay_ok": record.relay_ok,
         "amp_power_ok": record.amp_power_ok,
+        # NaN or an infinity would make the body invalid JSON to the collector, which refuses
+        # it and so never receipts this seq: the level is then unknown, not unreadable.
         "output_level_db": (
-            None if record.output_level_db is None else round(record.output_level_db, 1)
+            round(record.output_level_db, 1)
+            if record.output_level_db is not None and math.isfinite(record.output_level_db)
+            else None
         ),
         "clock_trusted": record.clock_trusted,
     }

@@ -14,7 +14,7 @@ or joined by a new one; the body then re-signed or not). Whatever comes out:
   envelope without raising.
 
 Runs are derandomized (the same examples every time) and use no example database; the budget
-is ``budget(300)`` examples per test, 50 times that in the long run (``LOA_RELIABILITY_LONG=1``).
+is ``budget(300)`` examples per test, LONG_FACTOR (10) times that with ``LOA_RELIABILITY_LONG=1``.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from tests.harness.trust import (
 )
 
 FUZZ = settings(
-    max_examples=budget(300),  # 50x with LOA_RELIABILITY_LONG=1 (tests/harness/fuzz.py)
+    max_examples=budget(300),  # 10x with LOA_RELIABILITY_LONG=1 (tests/harness/fuzz.py)
     deadline=None,
     derandomize=True,
     database=None,
