@@ -26,6 +26,7 @@ outbox. CI mode is bounded; ``LOA_RELIABILITY_LONG=1`` uses longer jumps and mor
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -356,12 +357,6 @@ def drive_backward(rig: Rig, tmp_path: Path) -> tuple[Scenario, str]:
         clear(province, playlist_topic(st))
     record(scenario, COMMAND, time.monotonic() - began, tmp_path)
     return scenario, st.tail()
-    assert scenario.counts["asruns_per_slot_max"] == 1
-    # Heartbeats every second: a stall as long as the jump is a timer on the wall clock.
-    assert scenario.counts["heartbeat_gap_s"] < back_s / 2, scenario.counts
-    # The floor (raised by every trusted heartbeat) is above the jumped-back clock: the
-    # reports stamped meanwhile say so, and the collector stored them all the same.
-    assert untrusted >= 1 and stamped_back >= 1, scenario.counts
 
 
 # -- boot at 1970 --------------------------------------------------------------------------------
@@ -404,7 +399,7 @@ def drive_boot_1970(rig: Rig, tmp_path: Path) -> tuple[Scenario, str]:
     try:
         held = floor(st)
         assert held is not None, "provisioning leaves a time floor"
-        t0 = whole_second(datetime.now(UTC) + timedelta(seconds=12 if not LONG else 30))
+        t0 = whole_second(datetime.now(UTC) + timedelta(seconds=20 if not LONG else 40))
         slots = [slot(province, f"e{n}", t0 + timedelta(seconds=3 * n), 650.0 + 150 * n)
                  for n in range(3 if LONG else 2)]  # fmt: skip
         assert st.ingest(playlist_envelope(st.path, 1, slots), "playlist.json")[0] == 0
@@ -415,12 +410,16 @@ def drive_boot_1970(rig: Rig, tmp_path: Path) -> tuple[Scenario, str]:
         stamp = datetime.now(UTC).replace(microsecond=0)
         status, line = ingest_faked(st, fake, rig.preloaded, beacon(stamp), "time.json")
         floors.append(floor(st))
-        # TLS cannot work at 1970 (the broker's certificate is not yet valid), so the beacon
-        # came on a file above; once the clock is right the link comes up, and the station,
-        # still untrusted (the kernel says unsynchronised), takes the retained beacon.
-        sleep_polling(card, datetime.now(UTC) + timedelta(seconds=1.1))
-        stamp2 = datetime.now(UTC).replace(microsecond=0)
+        # The province's beacon, retained on the broker: a station that reaches the broker at
+        # 1970 takes it at once (section 9). Today it cannot: the link checks the broker
+        # certificate's dates on the untrusted clock, "not yet valid" at 1970 (the report has
+        # the agent/link.py diff); the beacon is taken once the clock is right.
+        stamp2 = stamp + timedelta(seconds=1)
         publish(province, BEACON_TOPIC, beacon(stamp2))
+        with contextlib.suppress(TimeoutError):
+            wait_polling(card, lambda: (floor(st) or held) >= stamp2 or not st.running(),
+                         "the retained beacon taken at 1970", 5)  # fmt: skip
+        reached_at_1970 = int((floor(st) or held) >= stamp2 and st.online())
         fake.set("+0")  # NTP answers: the clock is right (the kernel still says unsynchronised)
         wait_polling(card, lambda: st.online() or not st.running(), "the station online", 30)
         wait_polling(card, lambda: (floor(st) or held) >= stamp2 or not st.running(),
@@ -449,6 +448,7 @@ def drive_boot_1970(rig: Rig, tmp_path: Path) -> tuple[Scenario, str]:
             "untrusted_said": int(untrusted),
             "beacon_mqtt_raised_floor": int((floors[-1] or held) >= stamp2),
             "reports_stamped_1970_stored": stamped_1970,
+            "reached_broker_at_1970": reached_at_1970,
             "kernel_synchronised": int(synchronised),
             # Unsynchronised kernel: every as-run says so; synchronised: none has to.
             "asruns_marked_untrusted": marked,
@@ -502,3 +502,16 @@ def test_jump_backward(outcomes: dict[str, tuple[Scenario, str] | BaseException]
 
 def test_boot_at_1970(outcomes: dict[str, tuple[Scenario, str] | BaseException]) -> None:
     judge(outcomes["boot1970"])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="agent/link.py checks the broker certificate's dates on an untrusted clock: at 1970 "
+    "the certificate is not yet valid, so the beacon cannot arrive by MQTT (diff in the report)",
+)
+def test_boot_at_1970_reaches_the_broker(
+    outcomes: dict[str, tuple[Scenario, str] | BaseException],
+) -> None:
+    outcome = outcomes["boot1970"]
+    assert not isinstance(outcome, BaseException)
+    assert outcome[0].counts["reached_broker_at_1970"] == 1
