@@ -8,16 +8,19 @@ raises no alarm.
 The link owns its reconnects (paho's own retry knows one broker and no jitter): a station has a
 list of brokers and tries them in turn, staying with the one that last worked; between attempts
 it waits a jittered, exponentially growing delay ("full jitter"), so that when a broker restarts
-a thousand stations do not come back in the same second.
+a thousand stations do not come back in the same second. The jitter comes from the system's
+random source; ``$LOA_LINK_SEED`` (an integer; tests, or replaying a field trace) makes it a
+fixed sequence instead, so a run's reconnect timeline can be reproduced.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import ssl
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,8 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent.core.backoff import full_jitter
 from agent.core.targets import StationId
+
+SEED_ENV = "LOA_LINK_SEED"
 
 
 class LinkError(RuntimeError):
@@ -116,6 +121,18 @@ def reconnect_delay(
     return full_jitter(attempt, rng, base_s=base_s, cap_s=cap_s, floor_s=0.5)
 
 
+def jitter_rng(environ: Mapping[str, str] = os.environ) -> random.Random:
+    """The reconnect jitter's random source: seeded from ``$LOA_LINK_SEED`` when it is set (a
+    reproducible timeline), else the system's (stations must not share a sequence)."""
+    seed = environ.get(SEED_ENV, "").strip()
+    if not seed:
+        return random.SystemRandom()
+    try:
+        return random.Random(int(seed))
+    except ValueError:
+        raise LinkError(f"{SEED_ENV} must be an integer, got {seed!r}") from None
+
+
 def tls_client(client_id: str, tls: TlsFiles, *, reconnect_on_failure: bool = True) -> Client:
     """A paho client as every Loa party uses it: MQTT 5, callback API 2, mutual TLS.
 
@@ -163,7 +180,7 @@ class Link:
         self._session_expiry = session_expiry_s
         self._reconnect_base = reconnect_base_s
         self._reconnect_cap = reconnect_cap_s
-        self._rng = rng or random.SystemRandom()
+        self._rng = rng or jitter_rng()
         self._stopping = threading.Event()
         self._attempt = 0  # attempts since the last connection that worked
         self._session_up = False  # this connection got a CONNACK that was not a refusal

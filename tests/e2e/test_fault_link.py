@@ -3,33 +3,39 @@ a compressed hour of slots, collectors restarted; nothing lost, nothing counted 
 schedule on air throughout.
 
 Every part is real (tests/harness/crash.py's province: mosquitto with mutual TLS and the ACL, a
-collector storing into a SQLite registry, a media server; provisioned ``loa-agent run``
-processes, LOA_HAL=sim, each play kept in a file of its own by ALSA's ``file`` plugin). What is
-proved is read from outside: the registry (per kind the stored seqs run 0..N, one as-run per
-occurrence, coverage's ``complete`` count), the station's outbox and trust database read as
-files (every seq it allocated is stored or still waiting in it), the card's files (which tone
-sounded, when). Each scenario records its counts (tests/harness/reliability.py) before it
-asserts its bar.
+collector storing into a SQLite registry, a media server; a provisioned ``loa-agent run``,
+LOA_HAL=sim, each play kept in a file of its own by ALSA's ``file`` plugin, reaching the broker
+through tests/harness/tcp_proxy.py). One station serves the module (its start-up is paid once:
+the file has 40 s in CI); each scenario publishes its own playlist version and slots, and counts
+only what happened in its own window: the seqs the station allocated from the scenario's start
+to its check, its own occurrences, the plays written since it began. What is proved is read from
+outside: the registry (every seq the window allocated is stored, the stored seqs of each kind
+run 0..N, one as-run per occurrence, coverage's ``complete`` count), the station's outbox and
+trust database read as files, the card's files (which tone sounded, when). Each scenario records
+its counts (tests/harness/reliability.py) before it asserts its bar.
 
-1. Broker killed during playlist delivery: v1 held; v2 (a new medium) published, and the broker
-   SIGKILLed while the station downloads v2's medium (the media server holds the answer
-   halfway); the broker comes back on its port as a broker restored from an old snapshot would:
-   retained v1 first, then the desk publishes v2 again. The station stays on v2 (trust.db
-   polled all along), refuses v1 (``rollback``), and plays v2's slots, never v1's.
-2. Broker killed during telemetry: heartbeats every 0.3 s and as-runs flowing; the broker is
-   SIGKILLed in the middle of a slot (and, in long mode, several more times) and restarted.
-3. The link cut (tests/harness/tcp_proxy.py: connections closed, new ones refused) for a whole
-   schedule (CI: 6 slots 2 s apart; long: 60 slots): every slot's own tone reaches the card
+1. Broker killed during playlist delivery: the held version is replaced by one with a new
+   medium, and the broker is SIGKILLed while the station downloads it (the media server holds
+   the answer halfway); the broker comes back on its port as one restored from an old snapshot
+   would: the stale version first, then the desk publishes the new one again. The station never
+   goes back (trust.db read at every poll), refuses the stale one (``rollback``) and plays the
+   new version's slots, never the old medium.
+2. Broker killed during telemetry: heartbeats every second, a slot's events and as-run flowing;
+   the broker is SIGKILLed in the middle of a slot (long mode: five times) and restarted.
+3. The link cut (the proxy closes every connection and refuses new ones) for a whole schedule
+   (CI: 6 slots 1 s apart; long: 60 slots 2 s apart): every slot's own tone reaches the card
    while the link is down, and once it is back every report is stored exactly once.
 4. Collectors restarted mid-telemetry: two collectors on the shared subscription; the first is
-   stopped and started again, then the second (long mode: more rounds).
+   stopped and started again, then the second (long mode: four rounds).
 
 Faults come at planned instants (``sleep_until``); everything else waits on facts with
-deadlines. ``LOA_RELIABILITY_LONG=1`` runs the long mode.
+deadlines. ``LOA_RELIABILITY_LONG=1`` runs the long mode. In CI the station's reconnect jitter
+is seeded (``LOA_LINK_SEED``), so the wall time does not hang on a draw.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -42,6 +48,7 @@ from typing import Any
 
 import pytest
 
+from agent.link import SEED_ENV
 from agent.outbox import KINDS
 from province.coverage import coverage
 from province.mosquitto import find_mosquitto
@@ -68,192 +75,229 @@ LONG = os.environ.get("LOA_RELIABILITY_LONG") == "1"
 COMMAND = "LOA_RELIABILITY_LONG=1 .venv/bin/pytest -q tests/e2e/test_fault_link.py"
 COLLECTOR_2 = "province-25.collector-2"
 OPERATORS = ((COLLECTOR, "25"), (COLLECTOR_2, "25"), (DESK, "25"))
-STATIONS = {
-    "delivery": "25/08230/08230-60",
-    "telemetry": "25/08230/08230-61",
-    "cut": "25/08230/08230-62",
-    "collectors": "25/08230/08230-63",
-}
-TONE_S = 0.5
+STATION = "25/08230/08230-60"
+TONE_S = 0.4
 SPACING_S = 2  # whole seconds: slot starts are written HH:MM:SS
-HEARTBEAT_S = 0.3  # telemetry flowing all the time
+# The cut's schedule is denser: a tone, the amplifier's 0.2 s hold and the next slot's 0.2 s
+# warm-up fit in one second.
+CUT_SPACING_S = 2 if LONG else 1
+HEARTBEAT_S = 1.0  # the shortest the agent takes: telemetry flowing all the time
+LEAD_S = 2.5  # from a playlist to its first slot: a few small media fetched
+# From the first playlist to the new version's first slot: the old medium fetched, the new
+# one's fetch held and failed, the broker down and back, the fetch retried (0-5 s after its
+# failure: the agent's own backoff).
+LEAD_DELIVERY_S = 9
 # A play's card file is last written within this of its slot's start (an unpaced sink takes the
 # play at once; the agent opens the card at the start after a 0.2 s warm-up).
-ON_TIME_S = 1.5
-# From the first playlist to v2's first slot: v1 fetched, v2's fetch held, the broker down and
-# back, the station reconnected (0.5-2 s), the fetch retried (0-5 s after its failure).
-LEAD_DELIVERY_S = 14
-BAR = {"reports_lost": 0, "duplicates_counted": 0, "crashes": 0}
+ON_TIME_S = 1.0
+OUTAGE_S = 1.0  # a broker or collector away this long (planned), then back
+SETTLE_S = 30.0  # for every report a window allocated to be stored
+# CI: the reconnect jitter a fixed sequence, so the file's wall time is the same every run (the
+# wait after the cut is whatever the agent's backoff gives: up to 16 s after a 7 s cut). Long
+# mode: the system's random source, as in the field.
+LINK_SEED = "1"
+BAR = {"reports_lost": 0, "reports_not_stored": 0, "duplicates_counted": 0, "crashes": 0,
+       "audio_start_errors": 0, "foreign_plays": 0}  # fmt: skip
+
+
+@dataclass
+class Rig:
+    """The module's province, the proxy in front of its broker, the one running station."""
+
+    province: Province
+    proxy: TcpProxy
+    st: CrashStation
+    version: int = 0
+
+    def topic(self) -> str:
+        return f"loa/v1/{self.st.path}/playlist/25"
+
+    def publish(self, slots: Sequence[Slot]) -> tuple[int, bytes]:
+        """The next version, signed, retained on the station's stream and recorded where
+        coverage finds it: (its version, its envelope)."""
+        self.version += 1
+        doc = playlist_doc(self.st.path, self.version, slots)
+        signed = envelope("playlist", doc, "playlist")
+        self.province.publish(self.topic(), signed)
+        self.province.record_playlist(self.topic(), doc, signed)
+        return self.version, signed
+
+    def schedule(self, prefix: str, first: datetime, count: int, base_hz: float,
+                 spacing_s: int = SPACING_S) -> list[Slot]:  # fmt: skip
+        """``count`` slots ``spacing_s`` apart from ``first``, each with a tone of its own."""
+        return [
+            Slot(f"{prefix}{n:02d}", first + timedelta(seconds=spacing_s * n),
+                 self.province.tone(base_hz + 37.0 * n, TONE_S))
+            for n in range(count)
+        ]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def province(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Province]:
+def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     executable = find_mosquitto()
     if executable is None:
         pytest.skip("mosquitto binary not found (install the Debian package: make sysdeps)")
-    made = open_province(
-        tmp_path_factory.mktemp("link"), list(STATIONS.values()), executable, OPERATORS
-    )
+    province = open_province(tmp_path_factory.mktemp("link"), [STATION], executable, OPERATORS)
+    proxy = TcpProxy((province.broker.host, province.broker.port)).start()
+    made: Rig | None = None
     try:
+        st = province.enrol(
+            STATION, heartbeat_s=HEARTBEAT_S, plays_to_files=True,
+            broker_url=f"mqtts://{proxy.host}:{proxy.port}",
+        )  # fmt: skip
+        if not LONG:
+            st.env[SEED_ENV] = LINK_SEED
+        st.start()
+        wait(lambda: st.online() or not st.running(), "the station online", 30)
+        assert st.running(), st.tail()
+        made = Rig(province, proxy, st)
         yield made
     finally:
-        close_province(made)
+        status = None
+        if made is not None and made.st.running():
+            status = made.st.stop()
+        proxy.stop()
+        if made is not None:
+            province.clear(made.topic())
+        close_province(province)
+    assert status in (0, None), f"the agent's exit status {status}"
 
 
 def whole_second(earliest: datetime) -> datetime:
     return earliest.replace(microsecond=0) + timedelta(seconds=1)
 
 
-def playlist_topic(st: CrashStation) -> str:
-    return f"loa/v1/{st.path}/playlist/25"
-
-
-def publish(province: Province, st: CrashStation, version: int, slots: Sequence[Slot]) -> bytes:
-    """Signed, retained on the station's stream, and recorded where coverage finds it."""
-    doc = playlist_doc(st.path, version, slots)
-    signed = envelope("playlist", doc, "playlist")
-    province.publish(playlist_topic(st), signed)
-    province.record_playlist(playlist_topic(st), doc, signed)
-    return signed
-
-
-def schedule(province: Province, first: datetime, count: int, base_hz: float) -> list[Slot]:
-    """``count`` slots SPACING_S apart from ``first``, each with a tone of its own."""
-    return [
-        Slot(f"s{n:02d}", first + timedelta(seconds=SPACING_S * n),
-             province.tone(base_hz + 40.0 * n, TONE_S))
-        for n in range(count)
-    ]  # fmt: skip
-
-
-# -- what is read from outside -------------------------------------------------------------------
-
-
-@dataclass
-class Outcome:
-    """Counts read from the registry, the outbox and the card; ``counts`` is what is recorded."""
-
-    counts: dict[str, Any] = field(default_factory=dict)
-    problems: list[str] = field(default_factory=list)
-
-
-def settle(st: CrashStation) -> int:
-    """Stop the agent cleanly (its exit status); wait until the registry has no hole left."""
-    status = st.stop()
-    wait(st.settled, "the registry's watermarks to reach every stored report", 30)
-    return status
-
-
 def _utc(text: str) -> datetime:
     return datetime.fromisoformat(text).astimezone(UTC)
 
 
-def reports_outcome(st: CrashStation, dup_before: int, out: Outcome) -> None:
-    """Per kind: stored seqs 0..N, every allocated seq stored or still in the outbox."""
-    produced = stored = lost = unsent = 0
-    per_kind = {}
-    for kind in KINDS:
-        seqs, made, waiting = st.stored(kind), st.produced(kind), st.unsent(kind)
-        missing = set(range(made)) - set(seqs) - waiting
-        if seqs != list(range(len(seqs))):
-            out.problems.append(f"{kind}: stored seqs are not 0..N: {seqs}")
-        if missing:
-            out.problems.append(f"{kind}: lost seqs {sorted(missing)}")
-        produced, stored, lost, unsent = (
-            produced + made, stored + len(seqs), lost + len(missing), unsent + len(waiting)
+# -- what is read from outside, per scenario -------------------------------------------------------
+
+
+@dataclass
+class Window:
+    """One scenario's stretch of the station's life: what it counts is its own."""
+
+    rig: Rig
+    scenario: Scenario
+    began: float = field(default_factory=time.monotonic)
+    since: datetime = field(default_factory=lambda: datetime.now(UTC))
+    first_seq: dict[str, int] = field(default_factory=dict)  # per kind, at the start
+    duplicates: int = 0  # the collectors' count at the start
+    counts: dict[str, Any] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.first_seq = {kind: self.rig.st.produced(kind) for kind in KINDS}
+        self.duplicates = self.rig.province.duplicates()
+
+    def produced(self) -> int:
+        st = self.rig.st
+        return sum(st.produced(kind) - self.first_seq[kind] for kind in KINDS)
+
+    def check_reports(self) -> None:
+        """Every seq allocated up to now is stored (waited for); per kind the stored seqs run
+        0..N; what is not stored is still in the outbox (else lost)."""
+        st = self.rig.st
+        upto = {kind: st.produced(kind) for kind in KINDS}
+
+        def stored_all() -> bool:
+            return all(set(range(upto[k])) <= set(st.stored(k)) for k in KINDS)
+
+        try:
+            wait(stored_all, "every report of the window stored", SETTLE_S)
+        except TimeoutError as exc:
+            self.problems.append(str(exc))
+        produced = stored = lost = not_stored = 0
+        for kind in KINDS:
+            seqs = st.stored(kind)
+            if seqs != list(range(len(seqs))):
+                self.problems.append(f"{kind}: the stored seqs are not 0..N: {seqs}")
+            mine = set(range(self.first_seq[kind], upto[kind]))
+            missing = mine - set(seqs)
+            gone = missing - st.unsent(kind)
+            if gone:
+                self.problems.append(f"{kind}: lost seqs {sorted(gone)}")
+            produced, stored = produced + len(mine), stored + len(mine & set(seqs))
+            lost, not_stored = lost + len(gone), not_stored + len(missing)
+        self.counts.update(
+            reports_produced=produced, reports_stored=stored, reports_lost=lost,
+            reports_not_stored=not_stored,
+            duplicates_dropped=self.rig.province.duplicates() - self.duplicates,
         )  # fmt: skip
-        per_kind[kind] = len(seqs)
-    out.counts.update(
-        reports_produced=produced, reports_stored=stored, reports_lost=lost,
-        reports_unsent=unsent, stored_by_kind=per_kind,
-        duplicates_dropped=st.province.duplicates() - dup_before,
-    )  # fmt: skip
 
-
-def asruns_outcome(st: CrashStation, slots: Sequence[Slot], out: Outcome) -> None:
-    """One as-run per occurrence in the registry, and coverage (the KPI) counting each once."""
-    docs = st.asruns()
-    per = Counter((d["slot"], _utc(d["scheduled_at"])) for d in docs)
-    wanted = {(s.id, s.start) for s in slots}
-    extra = sum(n - 1 for n in per.values() if n > 1)
-    strays = set(per) - wanted
-    missing = wanted - set(per)
-    if strays:
-        out.problems.append(f"as-runs of no occurrence: {sorted(strays)}")
-    if missing:
-        out.problems.append(f"occurrences without an as-run: {sorted(missing)}")
-    rows = [
-        row
-        for row in coverage(
-            st.province.registry,
-            min(s.start for s in slots) - timedelta(seconds=1),
-            max(s.start for s in slots) + timedelta(seconds=1),
-            datetime.now(UTC),
+    def check_asruns(self, slots: Sequence[Slot]) -> None:
+        """One as-run per occurrence in the registry, and coverage (the KPI) counting each
+        occurrence once."""
+        docs = [d for d in self.rig.st.asruns() if _utc(d["scheduled_at"]) >= self.since]
+        per = Counter((d["slot"], _utc(d["scheduled_at"])) for d in docs)
+        wanted = {(s.id, s.start) for s in slots}
+        if set(per) - wanted:
+            self.problems.append(f"as-runs of no occurrence: {sorted(set(per) - wanted)}")
+        if wanted - set(per):
+            self.problems.append(f"occurrences without an as-run: {sorted(wanted - set(per))}")
+        since = min(s.start for s in slots) - timedelta(seconds=1)
+        until = max(s.start for s in slots) + timedelta(seconds=1)
+        rows = [
+            row
+            for row in coverage(self.rig.province.registry, since, until, datetime.now(UTC))
+            if any(o.station == self.rig.st.path for o in row.stations)
+        ]
+        complete = {(d["slot"], d["scheduled_at"]) for d in docs if d["outcome"] == "complete"}
+        kpi_complete = sum(row.complete for row in rows)
+        if kpi_complete != len(complete):
+            self.problems.append(f"coverage counts {kpi_complete} complete, as-runs {complete}")
+        self.counts.update(
+            occurrences=len(wanted), asruns_stored=len(docs), kpi_rows=len(rows),
+            kpi_complete=kpi_complete,
+            outcomes=dict(Counter(str(d["outcome"]) for d in docs)),
+            duplicates_counted=sum(n - 1 for n in per.values())
+            + sum(max(0, row.complete - row.expected) for row in rows)
+            + max(0, len(rows) - len(wanted)),
         )  # fmt: skip
-        if any(o.station == st.path for o in row.stations)
-    ]
-    kpi_complete = sum(row.complete for row in rows)
-    complete = sum(1 for d in docs if d["outcome"] == "complete")
-    over_counted = sum(max(0, row.complete - row.expected) for row in rows)
-    out.counts.update(
-        occurrences=len(wanted), asruns_stored=len(docs), kpi_rows=len(rows),
-        kpi_complete=kpi_complete, asruns_complete=complete,
-        outcomes=dict(Counter(str(d["outcome"]) for d in docs)),
-        duplicates_counted=extra + over_counted + max(0, len(rows) - len(wanted)),
-    )  # fmt: skip
-    if kpi_complete != len({(d["slot"], d["scheduled_at"]) for d in docs
-                            if d["outcome"] == "complete"}):  # fmt: skip
-        out.problems.append(f"coverage counts {kpi_complete} complete, the as-runs say otherwise")
+
+    def check_card(self, slots: Sequence[Slot], foreign: Sequence[Tone] = ()) -> None:
+        """Which slots' tones reached the card in full, and on time, from the card's files
+        written in this window; ``foreign``: tones that must never sound (a superseded
+        version's)."""
+        plays = [p for p in self.rig.st.plays() if p.written >= self.since]
+        on_air = late = 0
+        for s in slots:
+            mine = [p for p in plays if p.is_tone(s.tone) and p.seconds >= s.tone.seconds - 0.05]
+            if mine:
+                on_air += 1
+                if not any(abs((p.written - s.start).total_seconds()) <= ON_TIME_S for p in mine):
+                    late += 1
+        strays = [p for p in plays if not any(p.is_tone(s.tone) for s in slots)]
+        wrong = [p for p in plays if any(p.is_tone(t) for t in foreign)]
+        if strays or wrong:
+            self.problems.append(f"sounds that are no current slot's tone: {strays + wrong}")
+        self.counts.update(
+            slots_due=len(slots), slots_on_air=on_air, audio_start_errors=late,
+            plays=len(plays), foreign_plays=len(strays) + len(wrong),
+        )  # fmt: skip
+
+    def finish(self, tmp_path: Path, bar: dict[str, int]) -> None:
+        """Record first (a failing run leaves its counts too), then assert the bar."""
+        crashed = not self.rig.st.running()
+        if crashed:
+            self.problems.append(f"the agent died\n{self.rig.st.tail()}")
+        self.scenario.counts.update(self.counts, crashes=int(crashed), problems=self.problems)
+        self.scenario.bar = {**BAR, **bar}
+        record(self.scenario, COMMAND, time.monotonic() - self.began, tmp_path)
+        assert self.scenario.misses() == {}, (self.scenario.misses(), self.problems)
+        assert self.problems == []
 
 
-def card_outcome(
-    st: CrashStation, slots: Sequence[Slot], out: Outcome, foreign: Sequence[Tone] = ()
-) -> None:
-    """Which slots' tones reached the card, in full and on time (read from the card's files);
-    ``foreign``: tones that must never sound (a superseded playlist's)."""
-    plays = st.plays()
-    on_air = late = 0
-    for s in slots:
-        mine = [p for p in plays if p.is_tone(s.tone) and p.seconds >= s.tone.seconds - 0.05]
-        if not mine:
-            continue
-        on_air += 1
-        if not any(
-            abs((p.written - s.start).total_seconds()) <= ON_TIME_S for p in mine
-        ):  # fmt: skip
-            late += 1
-    strangers = [p for p in plays if not any(p.is_tone(s.tone) for s in slots)]
-    wrong = [p for p in plays if any(p.is_tone(t) for t in foreign)]
-    out.counts.update(
-        slots_due=len(slots), slots_on_air=on_air, audio_start_errors=late,
-        plays=len(plays), foreign_plays=len(wrong) + len(strangers),
-    )  # fmt: skip
-    if strangers or wrong:
-        out.problems.append(f"sounds that are no current slot's tone: {strangers + wrong}")
-
-
-def rejections(st: CrashStation) -> dict[str, int]:
+def rejections(st: CrashStation, since: datetime) -> dict[str, int]:
     """Section 8 codes of the envelope events the registry stored for the station."""
-    docs = [json.loads(r.body) for r in st.province.registry.reports("event", [st.path])]
-    return dict(
-        Counter(
-            str(d["code"])
-            for d in docs
-            if d.get("event") == "envelope" and d.get("code") not in ("accepted", None)
-        )
-    )
-
-
-def finish(
-    scenario: Scenario, out: Outcome, began: float, tmp_path: Path, bar: dict[str, int]
-) -> None:
-    """Record first (a failing run leaves its counts too), then assert the bar."""
-    scenario.counts.update(out.counts)
-    scenario.counts["problems"] = out.problems
-    scenario.bar = bar
-    record(scenario, COMMAND, time.monotonic() - began, tmp_path)
-    assert scenario.misses() == {}, (scenario.misses(), out.problems)
-    assert out.problems == []
+    codes: Counter[str] = Counter()
+    for report in st.province.registry.reports("event", [st.path]):
+        doc = json.loads(report.body)
+        refused = doc.get("event") == "envelope" and doc.get("code") not in ("accepted", None)
+        if refused and _utc(doc["ts"]) >= since:
+            codes[str(doc["code"])] += 1
+    return dict(codes)
 
 
 def all_reported(st: CrashStation, slots: Sequence[Slot]) -> Callable[[], bool]:
@@ -264,77 +308,189 @@ def all_reported(st: CrashStation, slots: Sequence[Slot]) -> Callable[[], bool]:
     return done
 
 
-def crashed(st: CrashStation, status: int | None) -> int:
-    """Agent exits nobody asked for: a dead process before the clean stop, or a bad status."""
-    return 0 if status == 0 else 1
+def wait_reported(st: CrashStation, slots: Sequence[Slot]) -> None:
+    left = (slots[-1].end - datetime.now(UTC)).total_seconds() + SETTLE_S
+    wait(all_reported(st, slots), "an as-run of every slot in the registry", left)
+
+
+def bounce_broker(province: Province, st: CrashStation, at: datetime) -> None:
+    """At the planned instant: SIGKILL the broker, restart it OUTAGE_S later, and wait for the
+    station's next birth in the registry (it is back, and has resent what it held)."""
+    sleep_until(at)
+    session = st.session()
+    province.kill_broker()
+    sleep_until(at + timedelta(seconds=OUTAGE_S))
+    province.restart_broker()
+    wait(lambda: st.session() > session, "the station back on the broker", 30)
 
 
 # -- 1. the broker killed during playlist delivery ------------------------------------------------
 
 
-def test_broker_killed_during_playlist_delivery(province: Province, tmp_path: Path) -> None:
-    began = time.monotonic()
-    st = province.enrol(STATIONS["delivery"], plays_to_files=True)
-    out = Outcome()
-    dup_before = province.duplicates()
-    seen_versions: list[int] = []
+def test_broker_killed_during_playlist_delivery(rig: Rig, tmp_path: Path) -> None:
+    province, st = rig.province, rig.st
+    w = Window(rig, Scenario(
+        part="link", name="broker killed during playlist delivery",
+        how="The held version replaced by one with a new medium; the broker SIGKILLed while "
+        "the station downloads it, back on its port serving the stale version first (an old "
+        "snapshot), then the new one again. trust.db read at every poll, the card's files, "
+        "the registry.",
+    ))  # fmt: skip
+    seen: list[int] = []
 
     def holds(version: int) -> bool:
-        held = st.versions()[0]
-        seen_versions.append(held)
-        return held == version
+        seen.append(st.versions()[0])
+        return seen[-1] == version
 
-    scenario = Scenario(
-        part="link", name="broker killed during playlist delivery",
-        how="v1 held; v2 (a new medium) published and the broker SIGKILLed while the station "
-        "downloads it; back on its port serving the stale v1 first (an old snapshot), then v2 "
-        "again. trust.db read at every poll of the waits, the card's files, the registry.",
-    )  # fmt: skip
-    status: int | None = None
     try:
-        st.start()
-        wait(st.online, "the station online", 30)
-        # The same occurrences in both versions, each with its own medium: the card tells
-        # which version played them.
+        # The same occurrences in both versions, each version with its own medium: the card
+        # tells which version played them.
         old, new = province.tone(500.0, TONE_S), province.tone(800.0, TONE_S)
         first = whole_second(datetime.now(UTC) + timedelta(seconds=LEAD_DELIVERY_S))
         starts = [first + timedelta(seconds=SPACING_S * n) for n in range(2)]
-        v1 = publish(province, st, 1, [Slot(f"s{n:02d}", t, old) for n, t in enumerate(starts)])
-        wait(lambda: holds(1) and st.cached(old.sha256), "v1 held, its medium cached", 20)
-        # v2's medium is held halfway by the media server while the broker dies.
+        was, stale = rig.publish([Slot(f"d{n:02d}", t, old) for n, t in enumerate(starts)])
+        wait(lambda: holds(was) and st.cached(old.sha256), "the old version held, cached", 20)
+        # The new medium is held halfway by the media server while the broker dies.
         path = "/" + str(new.entry["url"]).rsplit("/", 1)[1]
         data = (province.tmp / f"{new.name}.mp3").read_bytes()
-        province.media.add(path, data, stall_after=len(data) // 2, stall_s=1.0, ranges=True)
-        slots = [Slot(f"s{n:02d}", t, new) for n, t in enumerate(starts)]
-        v2 = publish(province, st, 2, slots)
-        wait(lambda: province.media.hits(path) >= 1, "the station fetching v2's medium", 20)
+        province.media.add(path, data, stall_after=len(data) // 2, stall_s=0.3, ranges=True)
+        slots = [Slot(f"d{n:02d}", t, new) for n, t in enumerate(starts)]
+        now, current = rig.publish(slots)
+        wait(lambda: province.media.hits(path) >= 1, "the station fetching the new medium", 20)
         session = st.session()
         province.kill_broker()
         province.media.add(path, data, ranges=True)  # the next attempt gets it all
-        wait(lambda: holds(2), "v2 held while the broker is down", 10)
+        wait(lambda: holds(now), "the new version held while the broker is down", 10)
         province.restart_broker()
         wait(lambda: st.session() > session, "the station back on the broker", 30)
-        province.publish(playlist_topic(st), v1)  # as a broker restored from an old snapshot
-        province.publish(playlist_topic(st), v2)  # the desk publishes again
-        left = (slots[-1].end - datetime.now(UTC)).total_seconds() + 20
-        wait(all_reported(st, slots), "an as-run of each of v2's slots", left)
-        seen_versions.append(st.versions()[0])
-        status = settle(st)
-        reports_outcome(st, dup_before, out)
-        asruns_outcome(st, slots, out)
-        card_outcome(st, slots, out, foreign=[old])
-        back = [v for a, v in zip(seen_versions, seen_versions[1:], strict=False) if v < a]
-        codes = rejections(st)
-        out.counts.update(
-            broker_kills=1, restarts=0, crashes=crashed(st, status), rejections=codes,
-            version_held=st.versions()[0], went_back=len(back), versions_polled=len(seen_versions),
+        province.publish(rig.topic(), stale)  # as a broker restored from an old snapshot
+        province.publish(rig.topic(), current)  # the desk publishes again
+        wait_reported(st, slots)
+        holds(now)
+        w.check_reports()
+        w.check_asruns(slots)
+        w.check_card(slots, foreign=[old])
+        codes = rejections(st, w.since)
+        w.counts.update(
+            broker_kills=1, restarts=0, rejections=codes, version_held=st.versions()[0],
+            went_back=sum(1 for a, b in itertools.pairwise(seen) if b < a),
+            versions_read=len(seen),
         )  # fmt: skip
         if codes.get("rollback", 0) < 1:
-            out.problems.append(f"the stale v1 was not refused with rollback: {codes}")
+            w.problems.append(f"the stale version was not refused with rollback: {codes}")
     finally:
-        if st.running():
-            st.stop()
-        province.clear(playlist_topic(st))
-    finish(scenario, out, began, tmp_path,
-           {**BAR, "went_back": 0, "version_held": 2, "audio_start_errors": 0,
-            "slots_on_air": 2, "foreign_plays": 0})  # fmt: skip
+        w.finish(tmp_path, {"went_back": 0, "version_held": rig.version, "slots_on_air": 2})
+
+
+# -- 2. the broker killed during telemetry -------------------------------------------------------
+
+
+def test_broker_killed_during_telemetry(rig: Rig, tmp_path: Path) -> None:
+    province, st = rig.province, rig.st
+    kills, count = (5, 15) if LONG else (1, 2)
+    w = Window(rig, Scenario(
+        part="link", name="broker killed during telemetry",
+        how=f"Heartbeats every {HEARTBEAT_S:g} s, a slot's events and as-run flowing; the "
+        f"broker SIGKILLed in the middle of a slot ({kills}x), back on its port {OUTAGE_S:g} s "
+        "later. The registry (seqs per kind, as-runs per occurrence, coverage), the card.",
+    ))  # fmt: skip
+    kills_before = province.broker_kills
+    try:
+        slots = rig.schedule("t", whole_second(datetime.now(UTC) + timedelta(seconds=LEAD_S)),
+                             count, 420.0)  # fmt: skip
+        rig.publish(slots)
+        for k in range(kills):
+            bounce_broker(province, st, slots[k * count // kills].start + timedelta(
+                seconds=TONE_S / 2))  # fmt: skip
+        wait_reported(st, slots)
+        w.check_reports()
+        w.check_asruns(slots)
+        w.check_card(slots)
+        w.counts.update(broker_kills=province.broker_kills - kills_before, restarts=0)
+    finally:
+        w.finish(tmp_path, {"slots_on_air": count})
+
+
+# -- 3. the link cut for a compressed hour of slots ------------------------------------------------
+
+
+def test_link_cut_for_a_schedule(rig: Rig, tmp_path: Path) -> None:
+    st, proxy = rig.st, rig.proxy
+    count = 60 if LONG else 6
+    w = Window(rig, Scenario(
+        part="link", name="link cut for a whole schedule",
+        how=f"The proxy between the station and the broker closes every connection and "
+        f"refuses new ones from 1 s before the first of {count} slots {CUT_SPACING_S} s apart "
+        "until after the last. Each slot's own tone read from the card's files written while "
+        "the link was down; the registry once it is back.",
+    ))  # fmt: skip
+    try:
+        first = whole_second(datetime.now(UTC) + timedelta(seconds=LEAD_S + count * 0.05))
+        slots = rig.schedule("c", first, count, 440.0, CUT_SPACING_S)
+        rig.publish(slots)
+        wait(lambda: all(st.cached(s.tone.sha256) for s in slots), "every tone cached",
+             (first - datetime.now(UTC)).total_seconds() - 1)  # fmt: skip
+        sleep_until(first - timedelta(seconds=1))
+        proxy.cut()
+        cut_at, session = datetime.now(UTC), st.session()
+        sleep_until(slots[-1].end + timedelta(seconds=0.5))
+        during = [p for p in st.plays() if p.written >= cut_at]
+        proxy.restore()
+        restored, restored_at = time.monotonic(), datetime.now(UTC)
+        wait(lambda: st.session() > session, "the station back after the cut", 180)
+        back_s = time.monotonic() - restored
+        wait_reported(st, slots)
+        w.check_reports()
+        w.check_asruns(slots)
+        w.check_card(slots)
+        w.counts.update(
+            restarts=0, cut_s=round((restored_at - cut_at).total_seconds(), 1),
+            slots_on_air_during_cut=sum(
+                1 for s in slots if any(p.is_tone(s.tone) for p in during)),
+            reconnect_after_restore_s=round(back_s, 1),
+        )  # fmt: skip
+    finally:
+        if proxy.refusing:
+            proxy.restore()
+        w.finish(tmp_path, {"slots_on_air": count, "slots_on_air_during_cut": count})
+
+
+# -- 4. collectors restarted mid-telemetry -----------------------------------------------------
+
+
+def test_collectors_restarted_mid_telemetry(rig: Rig, tmp_path: Path) -> None:
+    province, st = rig.province, rig.st
+    rounds, count = (4, 12) if LONG else (1, 2)
+    w = Window(rig, Scenario(
+        part="link", name="collectors restarted mid-telemetry",
+        how=f"Two collectors on the shared subscription; in the middle of a slot the first is "
+        f"stopped and started again {OUTAGE_S:g} s later, then the second ({rounds}x each), "
+        f"while heartbeats flow every {HEARTBEAT_S:g} s. The registry, the card's files.",
+    ))  # fmt: skip
+    restarts_before = province.collector_restarts
+    try:
+        province.add_collector(COLLECTOR_2)
+        slots = rig.schedule("r", whole_second(datetime.now(UTC) + timedelta(seconds=LEAD_S)),
+                             count, 460.0)  # fmt: skip
+        rig.publish(slots)
+        away = 0
+        for k in range(rounds):
+            sleep_until(slots[k * count // rounds].start + timedelta(seconds=TONE_S / 2))
+            before = w.produced()
+            province.restart_collector(away_s=OUTAGE_S)
+            province.stop_collector(COLLECTOR_2)
+            time.sleep(OUTAGE_S)  # planned: the second collector's absence
+            province.add_collector(COLLECTOR_2)
+            away += w.produced() - before
+        wait_reported(st, slots)
+        w.check_reports()
+        w.check_asruns(slots)
+        w.check_card(slots)
+        w.counts.update(
+            collector_restarts=province.collector_restarts - restarts_before + rounds,
+            reports_produced_while_a_collector_was_away=away, restarts=0,
+        )  # fmt: skip
+    finally:
+        if COLLECTOR_2 in province.others:
+            province.stop_collector(COLLECTOR_2)
+        w.finish(tmp_path, {"slots_on_air": count})

@@ -185,12 +185,14 @@ class Province:
 
             wait(back, "a collector back on the broker", timeout + 30)
 
-    def restart_collector(self) -> None:
-        """Stop the main collector (it stores what it holds and sends the receipts it owes)
-        and start a new one with the same identity, so the same persistent session."""
+    def restart_collector(self, away_s: float = 0.0) -> None:
+        """Stop the main collector (it stores what it holds and sends the receipts it owes),
+        leave it away for the planned ``away_s`` (the broker queues its persistent session's
+        share meanwhile), and start a new one with the same identity, so the same session."""
         self._gone_duplicates += self.collector.stats().duplicates
         self.collector.stop()
         self.collector_registry.close()
+        time.sleep(away_s)  # a planned absence, not a wait for a fact
         self.collector, self.collector_registry = start_collector(self.broker, self.db_path,
                                                                   COLLECTOR)  # fmt: skip
         self.collector_restarts += 1
@@ -323,6 +325,7 @@ class CrashStation:
     kills: int = 0
     restarts: int = 0
     crashes: list[tuple[str, int, datetime]] = field(default_factory=list)  # point, pass, when
+    env: dict[str, str] = field(default_factory=dict)  # more environment for every start
 
     @property
     def path(self) -> str:
@@ -337,6 +340,7 @@ class CrashStation:
         env = dict(os.environ, HOME=str(self.directory / "home"), LOA_HAL="sim",
                    LOA_CLOCK_TRUST="system", PYTHONUNBUFFERED="1")  # fmt: skip
         env.pop(faults.ENV, None)
+        env.update(self.env)
         if fault is not None:
             env[faults.ENV] = fault
         if self.proc.process is not None:
