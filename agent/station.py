@@ -164,6 +164,10 @@ class Station:
     session: int = 0
     # Report id -> monotonic time it was last sent; unacknowledged ones are sent again later.
     _published: dict[int, float] = field(default_factory=dict)
+    # Connected without a session (a broker that restarted, or lost us): its collectors may
+    # subscribe after our first flush, which it then dropped. The first receipt shows one
+    # listens again: what is still unreceipted then is sent once more.
+    _resend_at_receipt: bool = False
     _data_version: int = -1
     _started_mono: float = 0.0
     _clock_offset: float | None = None
@@ -343,6 +347,7 @@ class Station:
             case Received():
                 self._on_received(message)
             case Connected():
+                self._resend_at_receipt = not message.session_present
                 self._on_connected()
             case Disconnected():
                 log.info("link down: %s", message.reason)
@@ -811,6 +816,9 @@ class Station:
             self.updater.on_receipt(watermarks)
             pending = self.outbox.pending_ids()
             self._published = {i: t for i, t in self._published.items() if i in pending}
+            if self._resend_at_receipt:
+                self._resend_at_receipt = False
+                self._published.clear()
             # A receipt makes room: a long backlog drains a batch per receipt, not per heartbeat.
             self._flush()
 

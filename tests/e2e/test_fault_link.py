@@ -52,6 +52,7 @@ from agent.link import SEED_ENV
 from agent.outbox import KINDS
 from province.coverage import coverage
 from province.mosquitto import find_mosquitto
+from province.registry import StoredReport
 from tests.harness.crash import (
     COLLECTOR,
     DESK,
@@ -92,12 +93,15 @@ LEAD_DELIVERY_S = 9
 ON_TIME_S = 1.0
 OUTAGE_S = 1.0  # a broker or collector away this long (planned), then back
 SETTLE_S = 30.0  # for every report a window allocated to be stored
+# A report stored later than this after it was made (or after the fault that held it ended) is
+# late: with a collector listening, a receipt comes within a second.
+LATE_S = 5.0
 # CI: the reconnect jitter a fixed sequence, so the file's wall time is the same every run (the
 # wait after the cut is whatever the agent's backoff gives: up to 16 s after a 7 s cut). Long
 # mode: the system's random source, as in the field.
 LINK_SEED = "1"
-BAR = {"reports_lost": 0, "reports_not_stored": 0, "duplicates_counted": 0, "crashes": 0,
-       "audio_start_errors": 0, "foreign_plays": 0}  # fmt: skip
+BAR = {"reports_lost": 0, "reports_not_stored": 0, "reports_late": 0, "duplicates_counted": 0,
+       "crashes": 0, "audio_start_errors": 0, "foreign_plays": 0}  # fmt: skip
 
 
 @dataclass
@@ -184,6 +188,7 @@ class Window:
     since: datetime = field(default_factory=lambda: datetime.now(UTC))
     first_seq: dict[str, int] = field(default_factory=dict)  # per kind, at the start
     duplicates: int = 0  # the collectors' count at the start
+    back: datetime | None = None  # when the last fault ended (the broker or the link back)
     counts: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
@@ -209,8 +214,11 @@ class Window:
         except TimeoutError as exc:
             self.problems.append(str(exc))
         produced = stored = lost = not_stored = 0
+        lags = []
         for kind in KINDS:
             seqs = st.stored(kind)
+            lags += [self._lag(r) for r in self.rig.province.registry.reports(kind, [st.path])
+                     if r.seq >= self.first_seq[kind]]  # fmt: skip
             if seqs != list(range(len(seqs))):
                 self.problems.append(f"{kind}: the stored seqs are not 0..N: {seqs}")
             mine = set(range(self.first_seq[kind], upto[kind]))
@@ -224,7 +232,17 @@ class Window:
             reports_produced=produced, reports_stored=stored, reports_lost=lost,
             reports_not_stored=not_stored,
             duplicates_dropped=self.rig.province.duplicates() - self.duplicates,
+            report_lag_max_s=round(max(lags, default=0.0), 1),
+            reports_late=sum(1 for lag in lags if lag > LATE_S),
         )  # fmt: skip
+
+    def _lag(self, report: StoredReport) -> float:
+        """Seconds from when a report could first be stored (made, or the fault over) to when
+        the registry stored it."""
+        doc = json.loads(report.body)
+        made = _utc(doc.get("ts") or doc.get("ended_at") or doc["scheduled_at"])
+        ready = max(made, self.back) if self.back is not None else made
+        return (datetime.fromisoformat(report.received_at) - ready).total_seconds()
 
     def check_asruns(self, slots: Sequence[Slot]) -> None:
         """One as-run per occurrence in the registry, and coverage (the KPI) counting each
@@ -313,7 +331,7 @@ def wait_reported(st: CrashStation, slots: Sequence[Slot]) -> None:
     wait(all_reported(st, slots), "an as-run of every slot in the registry", left)
 
 
-def bounce_broker(province: Province, st: CrashStation, at: datetime) -> None:
+def bounce_broker(province: Province, st: CrashStation, at: datetime) -> datetime:
     """At the planned instant: SIGKILL the broker, restart it OUTAGE_S later, and wait for the
     station's next birth in the registry (it is back, and has resent what it held)."""
     sleep_until(at)
@@ -321,7 +339,9 @@ def bounce_broker(province: Province, st: CrashStation, at: datetime) -> None:
     province.kill_broker()
     sleep_until(at + timedelta(seconds=OUTAGE_S))
     province.restart_broker()
+    back = datetime.now(UTC)
     wait(lambda: st.session() > session, "the station back on the broker", 30)
+    return back
 
 
 # -- 1. the broker killed during playlist delivery ------------------------------------------------
@@ -362,6 +382,7 @@ def test_broker_killed_during_playlist_delivery(rig: Rig, tmp_path: Path) -> Non
         province.media.add(path, data, ranges=True)  # the next attempt gets it all
         wait(lambda: holds(now), "the new version held while the broker is down", 10)
         province.restart_broker()
+        w.back = datetime.now(UTC)
         wait(lambda: st.session() > session, "the station back on the broker", 30)
         province.publish(rig.topic(), stale)  # as a broker restored from an old snapshot
         province.publish(rig.topic(), current)  # the desk publishes again
@@ -400,7 +421,7 @@ def test_broker_killed_during_telemetry(rig: Rig, tmp_path: Path) -> None:
                              count, 420.0)  # fmt: skip
         rig.publish(slots)
         for k in range(kills):
-            bounce_broker(province, st, slots[k * count // kills].start + timedelta(
+            w.back = bounce_broker(province, st, slots[k * count // kills].start + timedelta(
                 seconds=TONE_S / 2))  # fmt: skip
         wait_reported(st, slots)
         w.check_reports()
@@ -437,6 +458,7 @@ def test_link_cut_for_a_schedule(rig: Rig, tmp_path: Path) -> None:
         during = [p for p in st.plays() if p.written >= cut_at]
         proxy.restore()
         restored, restored_at = time.monotonic(), datetime.now(UTC)
+        w.back = restored_at
         wait(lambda: st.session() > session, "the station back after the cut", 180)
         back_s = time.monotonic() - restored
         wait_reported(st, slots)
@@ -481,6 +503,7 @@ def test_collectors_restarted_mid_telemetry(rig: Rig, tmp_path: Path) -> None:
             province.stop_collector(COLLECTOR_2)
             time.sleep(OUTAGE_S)  # planned: the second collector's absence
             province.add_collector(COLLECTOR_2)
+            w.back = datetime.now(UTC)
             away += w.produced() - before
         wait_reported(st, slots)
         w.check_reports()
