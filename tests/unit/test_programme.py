@@ -249,3 +249,29 @@ def test_a_cancel_stops_the_emergency_on_air_and_drops_a_waiting_one(
     assert rig.outcomes()[-1] == ("emergency:e-1", "partial", "cancelled by c-1")
     assert not rig.programme.cancel("emergency:e-9", "nothing")
     rig.close()
+
+
+def test_a_clock_set_back_never_plays_an_occurrence_twice(
+    mock_pins: Any, fake_clock: FakeClock
+) -> None:
+    """The clock steps back while the news plays: the replan sees its start ahead again (its
+    timer is set again, as it has no as-run yet); once over and reported, that timer firing
+    must neither play it again nor report it twice."""
+    rig = Rig(mock_pins, fake_clock)
+    news = occ("news", "06:00")
+    reported = lambda key: any(o.occurrence.key == key for o in rig.reported)  # noqa: E731
+    rig.programme.replace_plan([news], news.start, reported)
+    at(fake_clock, news)
+    rig.programme.fire(news.key)
+    assert rig.sink.first_write.wait(10)
+    fake_clock.set_wall(news.start - timedelta(seconds=10))  # NTP steps the clock back
+    rig.programme.replace_plan([news], news.start - timedelta(seconds=40), reported)
+    rig.pump()
+    assert rig.outcomes() == [("news", "complete", None)]
+    at(fake_clock, news)  # its start comes round again
+    rig.programme.fire(news.key)
+    assert not rig.player.busy and rig.outcomes() == [("news", "complete", None)]
+    # A later replan leaves it out of the plan altogether.
+    rig.programme.replace_plan([news], news.start - timedelta(seconds=30), reported)
+    assert news.key not in rig.programme.plan
+    rig.close()
