@@ -39,8 +39,9 @@ DROP_ORDER = ("heartbeat", "event", "asrun")
 # Dropping stops below the cap by this fraction, so a full outbox does not drop on every append.
 CAP_HYSTERESIS = 0.9
 # Reports held in memory at most while the database cannot be written (a full disk): about a
-# week of heartbeats at one a minute; past it the oldest give way in DROP_ORDER, counted.
-HELD_LIMIT = 10_000
+# week of heartbeats at the default one per 5 minutes, some 3 MB (a held heartbeat's builder
+# and health take about 1.5 kB); past it the oldest give way in DROP_ORDER, counted.
+HELD_LIMIT = 2_000
 
 log = logging.getLogger(__name__)
 
