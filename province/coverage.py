@@ -270,7 +270,10 @@ def _asruns(
         try:
             doc = strict.loads(report.body)
             scheduled = parse_rfc3339(doc["scheduled_at"]).astimezone(UTC)
-            key = (report.station, doc["stream"], doc["slot"], scheduled)
+            stream, slot = doc["stream"], doc["slot"]
+            if not isinstance(stream, str) or not isinstance(slot, str):
+                continue  # signed, yet names no occurrence (and a list would not hash)
+            key = (report.station, stream, slot, scheduled)
             outcome = doc["outcome"]
             if outcome not in _COUNTED:
                 continue

@@ -290,16 +290,9 @@ def _load_cert(pem: bytes, what: str) -> x509.Certificate:
 
 def _load_csr(pem: bytes) -> x509.CertificateSigningRequest:
     try:
-        csr = x509.load_pem_x509_csr(pem)
-    except ValueError as exc:
-        raise ProvinceError("not a PEM certificate signing request") from exc
-    # The CSR signature proves the station holds the TLS key being certified; a request edited
-    # on the way (another CN, another key) fails here.
-    if not csr.is_signature_valid:
-        raise ProvinceError(
-            "the certificate request's signature does not verify: it was altered or forged"
-        )
-    return csr
+        return pki.load_csr(pem)
+    except pki.PkiError as exc:
+        raise ProvinceError(f"the certificate request is refused: {exc}") from exc
 
 
 def _station_of(csr: x509.CertificateSigningRequest, province: str) -> StationId:

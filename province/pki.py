@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -89,6 +90,22 @@ def create_ca(common_name: str, days: int = 3650) -> tuple[bytes, bytes]:
     return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
 
 
+def load_csr(pem: bytes) -> x509.CertificateSigningRequest:
+    """A certificate request whose signature verifies, or PkiError: whatever a requester sends
+    (cryptography raises InvalidVersion, UnsupportedAlgorithm or ValueError from deep inside for
+    a version-1 request, a curve OpenSSL lacks, a point off its curve)."""
+    try:
+        csr = x509.load_pem_x509_csr(pem)
+        # The signature proves the requester holds the private key of the key we certify; a
+        # request edited on the way (another CN, another key) fails here.
+        valid = csr.is_signature_valid
+    except (ValueError, x509.InvalidVersion, UnsupportedAlgorithm) as exc:
+        raise PkiError(f"not a PEM certificate signing request: {exc}") from exc
+    if not valid:
+        raise PkiError("CSR signature does not verify: the request was altered or is forged")
+    return csr
+
+
 def sign_csr(
     csr_pem: bytes,
     ca_cert_pem: bytes,
@@ -105,13 +122,7 @@ def sign_csr(
     (serverAuth); `dns_names` and `ip_addresses` become subjectAltNames, which a server
     certificate needs because TLS clients match the host against SANs, not the CN.
     """
-    try:
-        csr = x509.load_pem_x509_csr(csr_pem)
-    except ValueError as exc:
-        raise PkiError(f"not a PEM certificate signing request: {exc}") from exc
-    # The CSR signature proves the requester holds the private key of the public key we certify.
-    if not csr.is_signature_valid:
-        raise PkiError("CSR signature does not verify: the request was altered or is forged")
+    csr = load_csr(csr_pem)
     public_key = csr.public_key()
     if not isinstance(public_key, ec.EllipticCurvePublicKey):
         raise PkiError("CSR key is not an ECDSA key")

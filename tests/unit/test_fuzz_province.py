@@ -18,9 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.x509 import InvalidVersion
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -125,14 +123,6 @@ BODIES = st.one_of(
 )  # fmt: skip
 
 
-# province/coverage.py is not this part's to change: the fix (type-check stream and slot inside
-# _asruns' try, so an unhashable key is "signed but unreadable" like any other) is handed to its
-# owner. strict=True: once it lands this test passes and the mark must go.
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="coverage._asruns hashes a signed as-run's stream/slot unchecked (issue 13 fuzz)",
-)
 def test_fuzz_province_readers_of_stored_reports(registry: Registry, tmp_path: Path) -> None:
     intake = ReportIntake(registry, "25", lambda: NOW)
     honest = dsse.sign(ASRUN_TYPE, to_bytes(asrun_doc(HONEST, 0)), [key(HONEST)], compact=True)
@@ -218,15 +208,6 @@ def _pem(der: bytes) -> bytes:
     )
 
 
-# province/enrollment.py is not this part's either: _load_csr must read the request inside its
-# try (load and is_signature_valid) and also catch x509.InvalidVersion (a version-1 request) and
-# UnsupportedAlgorithm; is_signature_valid raises ValueError for a point off its curve. Handed to
-# its owner in the issue 13 fuzz report; strict=True, so the mark must go once it lands.
-@pytest.mark.xfail(
-    strict=True,
-    raises=(UnsupportedAlgorithm, InvalidVersion, ValueError),
-    reason="enrollment._load_csr lets cryptography's own errors escape (issue 13 fuzz)",
-)
 def test_fuzz_enrollment_certificate_requests(tmp_path: Path) -> None:
     from province.enrollment import ProvinceHome, enroll, init_ca
     from province.errors import ProvinceError
