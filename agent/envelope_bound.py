@@ -1,70 +1,50 @@
-"""Where envelopes from the link wait for the runtime: bounded, and behind the station's timers.
+"""How many envelopes from the link may wait in the runtime's inbox: a bound, with backpressure.
 
 A station's down topics can be flooded by anyone holding a province operator's certificate (a
-stolen laptop), faster than the trust core can verify. Before this queue every message went
-into the runtime's one unbounded inbox, so a flood beyond the verify rate grew the agent's
-memory without limit (+185 MiB in 9 s at 12,000 messages a second) and put every slot's timer
-behind the backlog: the flooded slots never sounded (tests/e2e/test_attack_flood.py).
+stolen laptop), faster than the trust core can verify. Before this bound every message went
+into the runtime's unbounded inbox, so a flood beyond the verify rate grew the agent's memory
+without limit (+185 MiB in 9 s at 12,000 messages a second) and put every slot's timer behind
+the backlog: the flooded slots sounded seconds late or never (tests/e2e/test_attack_flood.py).
 
-Two rules fix both:
-
-- **Bounded, with backpressure.** ``put`` (paho's network thread) blocks while ``max_messages``
-  or ``max_bytes`` are queued. paho then stops reading its socket, TCP pushes back, and the
-  excess waits at the broker, whose per-client queue is the province's to bound; the station
-  drops nothing it was sent and its memory stays flat. One envelope larger than ``max_bytes``
-  still gets in when the queue is empty (an envelope may be 3 MiB).
-- **Batches between everything else.** The runtime's inbox only ever holds one wake-up token
-  for this queue (``wake``, called when the queue goes from empty to non-empty). The runtime
-  takes at most ``batch`` envelopes per token and, when more wait, hands itself a new token at
-  the back of its inbox: a timer, a finished play or a heartbeat waits for one batch at most.
+``admit`` (paho's network thread, before it puts a message on the inbox) waits while
+``max_messages`` envelopes or ``max_bytes`` of them are in the inbox; ``done`` (the runtime,
+once it has dealt with one) lets the next in. While paho waits it reads nothing more from its
+socket, TCP pushes back, and the excess waits at the broker, whose per-client queue is the
+province's to bound: the station drops nothing it was sent and its memory stays flat. A timer,
+a finished play or a heartbeat is behind at most ``max_messages`` envelopes (64 verifications,
+tens of milliseconds; the pre-roll starts a play half a second ahead). One envelope larger than
+``max_bytes`` still gets in when none waits (an envelope may be 3 MiB).
 """
 
 from __future__ import annotations
 
 import threading
-from collections import deque
-from collections.abc import Callable
-from typing import Generic, TypeVar
 
-T = TypeVar("T")
-
-MAX_MESSAGES = 256
+MAX_MESSAGES = 64
 MAX_BYTES = 8 * 1024 * 1024
-BATCH = 32
-# How long ``put`` waits between looks at ``closed``: a blocked paho thread notices a shutdown.
+# How long ``admit`` waits between looks at ``closed``: a blocked paho thread sees a shutdown.
 _POLL_S = 0.5
 
 
-class EnvelopeQueue(Generic[T]):
-    def __init__(
-        self,
-        wake: Callable[[], None],
-        size: Callable[[T], int],
-        *,
-        max_messages: int = MAX_MESSAGES,
-        max_bytes: int = MAX_BYTES,
-    ) -> None:
+class EnvelopeBound:
+    def __init__(self, *, max_messages: int = MAX_MESSAGES, max_bytes: int = MAX_BYTES) -> None:
         if max_messages < 1 or max_bytes < 1:
-            raise ValueError("an envelope queue holds at least one message and one byte")
-        self._wake = wake
-        self._size = size
+            raise ValueError("the bound must let at least one message and one byte in")
         self.max_messages = max_messages
         self.max_bytes = max_bytes
-        self._items: deque[tuple[T, int]] = deque()
+        self._messages = 0
         self._bytes = 0
-        self._signalled = False
         self._closed = False
         self._cond = threading.Condition()
-        self.waited = 0  # puts that found the queue full and waited (a flood is on)
+        self.waited = 0  # admissions that found the inbox full and waited (a flood is on)
 
     def _full(self, size: int) -> bool:
-        if not self._items:
+        if self._messages == 0:
             return False
-        return len(self._items) >= self.max_messages or self._bytes + size > self.max_bytes
+        return self._messages >= self.max_messages or self._bytes + size > self.max_bytes
 
-    def put(self, item: T) -> bool:
-        """Queue ``item``, waiting while the queue is full; False (dropped) once closed."""
-        size = self._size(item)
+    def admit(self, size: int) -> bool:
+        """Wait until an envelope of ``size`` bytes may go on the inbox; False once closed."""
         with self._cond:
             if self._full(size):
                 self.waited += 1
@@ -72,34 +52,26 @@ class EnvelopeQueue(Generic[T]):
                 self._cond.wait(_POLL_S)
             if self._closed:
                 return False
-            self._items.append((item, size))
+            self._messages += 1
             self._bytes += size
-            wake = not self._signalled
-            self._signalled = True
-        if wake:
-            self._wake()
-        return True
+            return True
 
-    def take(self, batch: int = BATCH) -> tuple[list[T], bool]:
-        """Up to ``batch`` items, oldest first, and whether more wait (the caller then owes the
-        queue a new turn: it is still signalled, and ``put`` will not wake it again)."""
+    def done(self, size: int) -> None:
+        """One envelope of ``size`` bytes has left the inbox. (A message a test put on the inbox
+        directly was never admitted: it frees a place early, or nothing when none is taken.)"""
         with self._cond:
-            taken: list[T] = []
-            while self._items and len(taken) < batch:
-                item, size = self._items.popleft()
-                self._bytes -= size
-                taken.append(item)
-            more = bool(self._items)
-            self._signalled = more
-            self._cond.notify_all()
-        return taken, more
+            if self._messages:
+                self._messages -= 1
+                self._bytes = max(0, self._bytes - size)
+                self._cond.notify_all()
 
     def close(self) -> None:
-        """Release a blocked ``put`` and refuse the ones after it (the station is stopping)."""
+        """Release a waiting ``admit`` and refuse those after it (the station is stopping)."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
 
-    def __len__(self) -> int:
+    def waiting(self) -> tuple[int, int]:
+        """(envelopes, bytes) admitted and not yet done."""
         with self._cond:
-            return len(self._items)
+            return self._messages, self._bytes

@@ -41,7 +41,7 @@ from agent.core.reports import (
 )
 from agent.core.timefmt import format_rfc3339
 from agent.core.verify import Accepted, Rejection, Verdict
-from agent.envelope_queue import EnvelopeQueue
+from agent.envelope_bound import EnvelopeBound
 from agent.ingest import Ingestor
 from agent.link import Connected, Disconnected, Link, Received
 from agent.live import LiveRelay, LiveSignalled, LiveWake
@@ -83,7 +83,7 @@ class PlayDone:
 
 @dataclass(frozen=True, slots=True)
 class Tick:
-    what: str  # heartbeat | replan | watch | integrity | alive | envelopes
+    what: str  # heartbeat | replan | watch | integrity | alive
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,12 +215,10 @@ class Station:
             resume_window=timedelta(seconds=self.config.schedule.resume_window_s),
             fallback=self.config.audio.fallback,
         )
-        # Envelopes wait in a bounded queue of their own and are taken in batches between
-        # timers and plays (agent/envelope_queue.py): a flood can neither grow the agent's
-        # memory nor hold a slot back.
-        self.envelopes: EnvelopeQueue[Received] = EnvelopeQueue(
-            lambda: self.inbox.put(Tick("envelopes")), lambda r: len(r.payload)
-        )
+        # At most 64 envelopes (8 MiB) from the link wait in the inbox; paho waits for room
+        # (agent/envelope_bound.py): a flood can neither grow the agent's memory nor hold a
+        # slot's timer back.
+        self.envelopes = EnvelopeBound()
         self.link = self.link_factory(self._from_link) if self.link_factory else None
         self.volume = self._load_volume()
         self.live = LiveRelay(
@@ -305,7 +303,7 @@ class Station:
                 message.work()
 
     def _shutdown(self) -> None:
-        self.envelopes.close()  # a paho thread waiting on a full queue must not hold the stop
+        self.envelopes.close()  # a paho thread waiting for room must not hold the stop
         if self.on_stopping is not None:
             self.on_stopping()
         self.timers.stop()
@@ -326,26 +324,20 @@ class Station:
         return lambda: self.inbox.put(Tick(what))
 
     def _from_link(self, event: Any) -> None:
-        """paho's thread: envelopes to their bounded queue (waiting while it is full), the
-        link's state changes straight to the inbox."""
-        if isinstance(event, Received):
-            self.envelopes.put(event)
-        else:
-            self.inbox.put(event)
-
-    def _take_envelopes(self) -> None:
-        batch, more = self.envelopes.take()
-        if more:  # the queue's next turn, behind whatever else is waiting now
-            self.inbox.put(Tick("envelopes"))
-        for message in batch:
-            self._on_received(message)
+        """paho's thread: an envelope waits for room in the inbox (``EnvelopeBound``)."""
+        if isinstance(event, Received) and not self.envelopes.admit(len(event.payload)):
+            return  # the station is stopping
+        self.inbox.put(event)
 
     # dispatch --------------------------------------------------------------------------------
 
     def _handle(self, message: Message) -> None:
         match message:
             case Received():
-                self._on_received(message)
+                try:
+                    self._on_received(message)
+                finally:
+                    self.envelopes.done(len(message.payload))
             case Connected():
                 self._resend_at_receipt = not message.session_present
                 self._on_connected()
@@ -374,8 +366,6 @@ class Station:
                 message.work()
             case ArtifactFetched():
                 self.updater.on_fetched(message)
-            case Tick(what="envelopes"):
-                self._take_envelopes()
             case Tick(what="integrity"):
                 self.media.check_integrity()
             case Tick(what="alive"):
