@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from agent import faults
+from agent import disk_reserve, faults
 
 KINDS = ("heartbeat", "asrun", "event")
 # The order in which reports give way when the outbox is over its cap: the proof of play last.
@@ -57,6 +57,18 @@ CREATE TABLE IF NOT EXISTS occurrence (key TEXT PRIMARY KEY, outcome TEXT NOT NU
 CREATE TABLE IF NOT EXISTS alive (id INTEGER PRIMARY KEY CHECK (id = 1), at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS on_air (key TEXT PRIMARY KEY, started_at TEXT NOT NULL);
 """
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, timeout=30, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(_SCHEMA)
+    except BaseException:
+        db.close()
+        raise
+    return db
 
 
 class OutboxError(RuntimeError):
@@ -97,12 +109,16 @@ class DroppedRange:
 
 class Outbox:
     def __init__(self, path: Path) -> None:
+        self._directory = path.parent
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, timeout=30, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
+            try:
+                self._db = _connect(path)
+            except sqlite3.Error:
+                # A full disk: the open itself needs room (the -shm file); the reserve is it.
+                if not disk_reserve.release(path.parent):
+                    raise
+                self._db = _connect(path)
         except sqlite3.Error as exc:
             raise OutboxError(f"cannot open outbox {path}: {exc}") from exc
         self.held_limit = HELD_LIMIT
@@ -352,13 +368,19 @@ class Outbox:
             log.error("cannot forget old occurrences: %s", exc)
 
     def set_alive(self, now: datetime) -> None:
-        """The last moment the station was known to be running (catch-up starts there)."""
+        """The last moment the station was known to be running (catch-up starts there).
+
+        Also, while nothing is held, the disk reserve is put back if it was given up and the
+        disk has room again (agent/disk_reserve.py): the next restart on a full disk opens."""
         try:
             with self._db:
                 self._write_alive(now)
         except sqlite3.Error as exc:
             log.error("cannot record the alive mark (%s): held in memory", exc)
             self._held_alive = now
+            return
+        if not self._held:
+            disk_reserve.ensure(self._directory)
 
     def _write_alive(self, now: datetime) -> None:
         self._db.execute("INSERT OR REPLACE INTO alive VALUES (1, ?)", (now.isoformat(),))

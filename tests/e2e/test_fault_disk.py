@@ -17,6 +17,9 @@ sink's capture, watched), the cache directory, the agent's log and exit status.
 3. State writes on a full disk: a new playlist arriving while nothing can be written is not
    believed (trust.db keeps the old version, the agent stays up) and the old one plays on; room
    back, the retained playlist is taken.
+4. A restart on a full disk: stopped cleanly (SQLite removes the -wal and -shm files), the disk
+   filled to 0 bytes, started again: the agent comes up (agent/disk_reserve.py gives up its
+   reserve so the databases open) and plays the cached slots.
 
 Long mode (``LOA_RELIABILITY_LONG=1``): the disk stays full longer (more slots and reports
 meet it), and the download after room comes back is waited for. Counts go through
@@ -65,6 +68,7 @@ STATIONS = {
     "downloads": "25/08230/08230-60",
     "reports": "25/08230/08230-61",
     "state": "25/08230/08230-62",
+    "restart": "25/08230/08230-63",
 }
 TONE_S = 1.0
 SPACING_S = 2.0  # whole seconds: slot starts are written HH:MM:SS
@@ -467,6 +471,55 @@ def test_playlist_on_a_full_disk_is_not_believed_and_the_old_one_plays(
             "believed_unpersisted": 0 if held_version == 1 and set(believed) <= {1} else 1,
             "new_version_after_room": int(after == 2),
             "state_unwritable_events": len(events(st, "state-unwritable")), "fs": fs.kind,
+            "duplicates_dropped": province.duplicates() - dup_before,
+        }  # fmt: skip
+    record(scenario, COMMAND, time.monotonic() - began, tmp_path)
+    assert scenario.misses() == {}, (scenario.counts, st.tail())
+
+
+# -- 4. a restart on a full disk ----------------------------------------------------------------
+
+
+def test_restart_on_a_full_disk_comes_up_and_plays_the_cache(
+    province: Province, tmp_path: Path
+) -> None:
+    began = time.monotonic()
+    tone = province.tone(450.0, TONE_S)
+    scenario = Scenario(
+        part="disk", name="restart on a full disk",
+        how="The agent stopped cleanly (its databases' -wal and -shm files go with it), the "
+        "file system filled to 0 bytes free, the agent started again: it must come up and "
+        "play the cached slots; then room is given back. Read from outside: the agent's exit, "
+        "the card's capture, the registry's as-runs.",
+        bar={"crashes": 0, "audio_start_errors": 0, "reports_lost": 0},
+    )  # fmt: skip
+    dup_before = province.duplicates()
+    with station_on(province, "restart", tmp_path) as (st, fs), CardWatch(st.proc.capture) as card:
+        st.start()
+        wait(st.online, "the station online", 30)
+        first = whole_second(datetime.now(UTC) + timedelta(seconds=LEAD_S + 2))  # stop, fill, start
+        slots = slots_of(tone, first, 2)
+        province.publish(topic(st), playlist_envelope(st.path, 1, slots))
+        wait(lambda: st.cached(tone.sha256), "the medium cached", 20)
+        assert st.stop() == 0, st.tail()
+        fs.fill_to(0)
+        st.start()
+        wait(lambda: datetime.now(UTC) > slots[-1].end + timedelta(seconds=1)
+             or not st.running(), "the slots over", 30)  # fmt: skip
+        crashes = crashed(st)
+        fs.free()
+        keys = [(s.id, s.start) for s in slots]
+        if st.running():
+            settle(lambda: all(k in asrun_outcomes(st) for k in keys), "an as-run of every slot",
+                   20)  # fmt: skip
+            st.stop()
+        outcomes = asrun_outcomes(st)
+        on_air = sum(1 for s in slots if card.sounded(s))
+        complete = sum(1 for k in keys if outcomes.get(k) == ["complete"])
+        scenario.counts = {
+            **report_counts(st), "crashes": crashes, "restarts": 1,
+            "slots_due": len(slots), "slots_on_air": on_air, "asruns_complete": complete,
+            "audio_start_errors": len(slots) - min(on_air, complete), "fs": fs.kind,
             "duplicates_dropped": province.duplicates() - dup_before,
         }  # fmt: skip
     record(scenario, COMMAND, time.monotonic() - began, tmp_path)
