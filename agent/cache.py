@@ -43,6 +43,7 @@ import fcntl
 import hashlib
 import http.client
 import json
+import logging
 import os
 import random
 import re
@@ -87,6 +88,8 @@ _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 _USER_AGENT = "loa-agent"
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
+
+log = logging.getLogger(__name__)
 
 
 class MediaError(Exception):
@@ -378,7 +381,12 @@ class MediaCache:
             else:
                 self._quarantine(entry)
                 bad.append(sha)
-        self._local(self._write_index, fresh)
+        try:
+            self._local(self._write_index, fresh)
+        except (CacheFullError, OSError) as exc:
+            # Only the next quick check's shortcut is lost (an unrecorded file is recorded as
+            # found then); raising here stopped the agent at start on a full disk.
+            log.warning("cache index not written: %s", exc)
         return bad
 
         # -- internals -------------------------------------------------------------------------

@@ -9,6 +9,7 @@ result); it alone touches the ``fetching`` set.
 from __future__ import annotations
 
 import itertools
+import logging
 import queue
 import random
 import threading
@@ -36,6 +37,8 @@ class Quarantined:
 
 
 FULL_CHECK = "full-integrity-check"
+
+log = logging.getLogger(__name__)
 
 
 class MediaWorkers:
@@ -163,12 +166,18 @@ class MediaWorkers:
     def _measure_loop(self) -> None:
         # One background thread for the slow local work: loudness and full integrity checks.
         while (media := self._measure_queue.get()) is not None:
-            if media == FULL_CHECK:
-                bad = self.cache.verify_all(quick=False)
-                if bad:
-                    self._deliver(Quarantined(tuple(bad)))
-            elif isinstance(media, MediaRef) and self.loudness is not None:
-                self.loudness.ensure(media.sha256, self.cache.path_for(media.sha256))
+            try:
+                self._measure_one(media)
+            except Exception:  # a disk fault (ENOSPC, EIO): this item only, not the thread
+                log.exception("background cache work failed: %s", media)
+
+    def _measure_one(self, media: MediaRef | str) -> None:
+        if media == FULL_CHECK:
+            bad = self.cache.verify_all(quick=False)
+            if bad:
+                self._deliver(Quarantined(tuple(bad)))
+        elif isinstance(media, MediaRef) and self.loudness is not None:
+            self.loudness.ensure(media.sha256, self.cache.path_for(media.sha256))
 
     def _fetch_loop(self) -> None:
         while (media := self._fetch_queue.get()[2]) is not None:
