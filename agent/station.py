@@ -67,6 +67,20 @@ MAX_HELD = 64
 WAIT_FOR_KEYRING = frozenset(
     {Code.VERSION_GAP, Code.UNKNOWN_KEY, Code.THRESHOLD_NOT_MET, Code.OUT_OF_SCOPE}
 )
+# Kinds a trusted clock can cure (section 9): one refused ``clock-untrusted`` (a clock set back
+# below the floor, a boot at 1970) is held and checked again once the clock is trusted, not
+# left until a reconnect delivers it again. Commands are not: one acted on late is wrong.
+WAIT_FOR_CLOCK = frozenset({"playlist", "keyring", "release"})
+
+
+def _waits_for_clock(verdict: Verdict) -> bool:
+    return (
+        isinstance(verdict, Rejection)
+        and verdict.code == Code.CLOCK_UNTRUSTED
+        and verdict.kind in WAIT_FOR_CLOCK
+    )
+
+
 # A relay test holds each zone on this long: the relay settles, the inputs' debounce passes.
 RELAY_TEST_DWELL_S = 0.5
 
@@ -168,6 +182,7 @@ class Station:
     # subscribe after our first flush, which it then dropped. The first receipt shows one
     # listens again: what is still unreceipted then is sent once more.
     _resend_at_receipt: bool = False
+    _clock_was_trusted: bool | None = None  # at the last watch tick
     _data_version: int = -1
     _started_mono: float = 0.0
     _clock_offset: float | None = None
@@ -422,7 +437,7 @@ class Station:
             return
         self._report_verdict(message.topic, verdict)
         if isinstance(verdict, Rejection):
-            if message.retained and verdict.code in WAIT_FOR_KEYRING:
+            if (message.retained and verdict.code in WAIT_FOR_KEYRING) or _waits_for_clock(verdict):
                 self._hold(message.topic, message.payload)
             return
         if isinstance(verdict.message, Keyring) and not verdict.noop:
@@ -488,6 +503,10 @@ class Station:
     def _follow_clock_trust(self) -> None:
         """The time beacon only while the clock is untrusted (section 9): a trusted station
         raises its floor from its own clock, and a beacon a minute is most of a day's bytes."""
+        trusted = self.ingestor.trust()[0]
+        if trusted and self._clock_was_trusted is False and self._held:
+            self._retry_held()  # what came while the clock was untrusted (WAIT_FOR_CLOCK)
+        self._clock_was_trusted = trusted
         if self.link is not None:
             always = self.config.broker.time_beacons == "always"
             self.link.set_want_time(always or not self.ingestor.trust()[0])
@@ -519,7 +538,9 @@ class Station:
         held, self._held = self._held, {}
         for topic in sorted(held, key=order):
             verdict = self._verify(topic, held[topic])
-            if isinstance(verdict, Rejection) and verdict.code in WAIT_FOR_KEYRING:
+            if isinstance(verdict, Rejection) and (
+                verdict.code in WAIT_FOR_KEYRING or _waits_for_clock(verdict)
+            ):
                 self._held[topic] = held[topic]
             elif isinstance(verdict, Accepted) and isinstance(verdict.message, Playlist):
                 self._reload_playlists()
