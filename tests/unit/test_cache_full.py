@@ -55,7 +55,8 @@ def test_the_measuring_thread_outlives_a_disk_fault(tmp_path: Path) -> None:
         return Loudness(-20.0, -1.0)
 
     cache = MediaCache(tmp_path)
-    workers = MediaWorkers(cache, LoudnessStore(tmp_path, measurer=measurer), queue.Queue().put)
+    results: queue.Queue[object] = queue.Queue()
+    workers = MediaWorkers(cache, LoudnessStore(tmp_path, measurer=measurer), results.put)
     workers.start()
     try:
         for item in media:
