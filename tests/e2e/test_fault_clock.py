@@ -30,7 +30,10 @@ import contextlib
 import itertools
 import json
 import os
+import shutil
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -203,12 +206,28 @@ def on_time(card: Card, slot: Slot, shift_s: float = 0.0) -> bool:
     return len(starts) == 1 and lo <= starts[0] <= hi
 
 
+def stop(st: CrashStation) -> int:
+    """SIGTERM and the exit status; an agent that does not stop is a hang: its threads' stacks
+    (py-spy, when installed) go into the error, then it is killed."""
+    try:
+        return st.stop()
+    except subprocess.TimeoutExpired:
+        process = st.proc.process
+        assert process is not None
+        spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
+        dump = subprocess.run([spy, "dump", "--pid", str(process.pid)], capture_output=True,
+                              text=True, timeout=60, check=False)  # fmt: skip
+        process.kill()
+        process.wait(10)
+        raise AssertionError(f"the agent hung\n{dump.stdout}{dump.stderr}\n{st.tail()}") from None
+
+
 def finish(st: CrashStation) -> int:
     """Crashes seen (the agent gone before it was asked to stop), then a clean stop and the
     registry settled."""
     crashes = 0 if st.running() else 1
     if not crashes:
-        assert st.stop() == 0, st.tail()
+        assert stop(st) == 0, st.tail()
     wait(st.settled, "the registry's watermarks to reach every stored report", 20)
     return crashes
 
@@ -278,7 +297,7 @@ def drive_forward(rig: Rig, tmp_path: Path) -> tuple[Scenario, str]:
         }  # fmt: skip
     finally:
         if st.running():
-            st.stop()
+            stop(st)
         clear(province, playlist_topic(st))
     record(scenario, COMMAND, time.monotonic() - began, tmp_path)
     return scenario, st.tail()
@@ -307,7 +326,7 @@ def drive_backward(rig: Rig, tmp_path: Path) -> tuple[Scenario, str]:
         # raised by every trusted heartbeat, is above the jumped-back clock: reports stamped
         # meanwhile say clock-untrusted, and the collector stored them all the same.
         bar={**BAR, "replays": 0, "versions_back": 0, "asruns_per_slot_max": 1,
-             "heartbeat_stalled": 0, "untrusted_stored": 1},
+             "heartbeat_stalled": 0, "untrusted_stored": 1, "playlist_taken_after_untrusted": 1},
     )  # fmt: skip
     try:
         start_faked(st, fake, rig.preloaded)
@@ -330,10 +349,18 @@ def drive_backward(rig: Rig, tmp_path: Path) -> tuple[Scenario, str]:
         version_before = st.versions()
         jumped = datetime.now(UTC)
         fake.offset(-back_s)
+        # A new version of the playlist (the same slots) while the clock is below the floor:
+        # refused for now (clock-untrusted), it must be taken once the clock passes the floor,
+        # without waiting for a reconnect to deliver it again.
+        wait(lambda: st.versions()[0] == 1, "v1 held", 5)
+        publish(province, playlist_topic(st), playlist_envelope(st.path, 2, slots))
         # The played slots' clock times come round again, and the later slot after them.
         sleep_polling(card, later.end + timedelta(seconds=back_s + 1))
         wait_polling(card, lambda: asruns(st).get(("d0", "complete"), 0) == 1,
                      "the later slot's as-run", 15)  # fmt: skip
+        with contextlib.suppress(TimeoutError):
+            wait(lambda: st.versions()[0] == 2, "v2 taken once the clock is trusted", 5)
+        taken = int(st.versions()[0] == 2)
         gap = heartbeat_gap_s(st, jumped)
         crashes = finish(st)
         versions_back = int(st.versions() < version_before)
@@ -349,6 +376,7 @@ def drive_backward(rig: Rig, tmp_path: Path) -> tuple[Scenario, str]:
             "audio_start_errors": len(late), "jump_s": -back_s, "replays": replays,
             "asruns_per_slot_max": max(Counter(d["slot"] for d in st.asruns()).values()),
             "versions_back": versions_back, "heartbeat_gap_s": round(gap, 1),
+            "playlist_taken_after_untrusted": taken,
             "heartbeat_stalled": int(gap >= back_s / 2),
             "untrusted_stored": int(untrusted >= 1 and stamped_back >= 1),
             "heartbeats_untrusted": untrusted, "heartbeats_stamped_back": stamped_back,
@@ -356,7 +384,7 @@ def drive_backward(rig: Rig, tmp_path: Path) -> tuple[Scenario, str]:
         }  # fmt: skip
     finally:
         if st.running():
-            st.stop()
+            stop(st)
         clear(province, playlist_topic(st))
     record(scenario, COMMAND, time.monotonic() - began, tmp_path)
     return scenario, st.tail()
@@ -460,7 +488,7 @@ def drive_boot_1970(rig: Rig, tmp_path: Path) -> tuple[Scenario, str]:
         }  # fmt: skip
     finally:
         if st.running():
-            st.stop()
+            stop(st)
         clear(province, BEACON_TOPIC)
     record(scenario, COMMAND, time.monotonic() - began, tmp_path)
     return scenario, st.tail()

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from agent import faults
+from agent.link import SEED_ENV as LINK_SEED_ENV
 from tests.harness.crash import BIN, CrashStation
 
 # libfaketime 0.9.10 (Debian bookworm) rewrites clock_nanosleep's absolute deadlines as if they
@@ -110,6 +111,10 @@ def start_faked(
         env["LOA_CLOCK_TRUST"] = clock_trust
     if fault is not None:
         env[faults.ENV] = fault
+    # A seeded reconnect jitter: a station that cannot reach the broker (at 1970 the broker's
+    # certificate is not yet valid) backs off at random up to 2 minutes; this seed's first
+    # waits stay under 11 s for 30 s, so when the clock comes right the link is back soon.
+    env[LINK_SEED_ENV] = "13"
     if station.proc.process is not None:
         station.restarts += 1
     with station.proc.log.open("ab") as log:
