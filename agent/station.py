@@ -179,9 +179,11 @@ class Station:
     # Report id -> monotonic time it was last sent; unacknowledged ones are sent again later.
     _published: dict[int, float] = field(default_factory=dict)
     # Connected without a session (a broker that restarted, or lost us): its collectors may
-    # subscribe after our first flush, which it then dropped. The first receipt shows one
-    # listens again: what is still unreceipted then is sent once more.
-    _resend_at_receipt: bool = False
+    # subscribe after what we sent first, which it then dropped. Until a receipt finds nothing
+    # left behind, each receipt sends again what the previous one (monotonic time of its
+    # arrival) should have covered: receipts prove a collector listens.
+    _fresh_session: bool = False
+    _last_receipt: float | None = None
     _clock_was_trusted: bool | None = None  # at the last watch tick
     _data_version: int = -1
     _started_mono: float = 0.0
@@ -354,7 +356,7 @@ class Station:
                 finally:
                     self.envelopes.done(len(message.payload))
             case Connected():
-                self._resend_at_receipt = not message.session_present
+                self._fresh_session, self._last_receipt = not message.session_present, None
                 self._on_connected()
             case Disconnected():
                 log.info("link down: %s", message.reason)
@@ -827,9 +829,8 @@ class Station:
             self.updater.on_receipt(watermarks)
             pending = self.outbox.pending_ids()
             self._published = {i: t for i, t in self._published.items() if i in pending}
-            if self._resend_at_receipt:
-                self._resend_at_receipt = False
-                self._published.clear()
+            if self._fresh_session:
+                self._resend_left_behind()
             # A receipt makes room: a long backlog drains a batch per receipt, not per heartbeat.
             self._flush()
 
@@ -1154,6 +1155,18 @@ class Station:
             {"report_kind": loss.kind, "first_seq": loss.first_seq, "last_seq": loss.last_seq,
              "count": loss.count, "bytes": loss.bytes},
         )  # fmt: skip
+
+    def _resend_left_behind(self) -> None:
+        """After a connect without a session: what was sent before the previous receipt came
+        and is still unreceipted was dropped (or sits behind a report that was); it goes again
+        at the next flush. The first receipt may be an old one the collector still owed."""
+        now, previous = self.clock.monotonic(), self._last_receipt
+        self._last_receipt = now
+        if previous is None:
+            return
+        behind = {i for i, sent in self._published.items() if sent < previous}
+        self._published = {i: t for i, t in self._published.items() if i not in behind}
+        self._fresh_session = bool(behind)
 
     def _flush(self) -> None:
         """Send what was never sent in this session, and again what stayed unacknowledged too
