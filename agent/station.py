@@ -185,6 +185,8 @@ class Station:
     _fresh_session: bool = False
     _last_receipt: float | None = None
     _clock_was_trusted: bool | None = None  # at the last watch tick
+    # The restart's catch-up, put off while the clock is behind the last alive mark.
+    _catch_up_after: datetime | None = None
     _data_version: int = -1
     _started_mono: float = 0.0
     _clock_offset: float | None = None
@@ -397,7 +399,8 @@ class Station:
                             {"slot": slot, "key": message.key})  # fmt: skip
             case Tick(what="heartbeat"):
                 self.player.probe_device()  # only while the card's state is unknown or bad
-                self.outbox.set_alive(self.clock.now())
+                if self._catch_up_after is None:  # never lowered by a clock still at 1970
+                    self.outbox.set_alive(self.clock.now())
                 self._enforce_outbox_cap()
                 self._heartbeat()
                 self._flush()
@@ -411,6 +414,8 @@ class Station:
                 if self.ingestor.store.data_version() != self._data_version:
                     self._reload_playlists()  # `loa-agent ingest` changed the state
                 self._check_clock_jump()
+                if self._catch_up_after is not None and self.clock.now() >= self._catch_up_after:
+                    self._catch_up()  # the clock has come right: what was missed can be seen
                 self._summarise_floods()
                 self._follow_clock_trust()
                 self._retry_emergency_clips()
@@ -875,6 +880,15 @@ class Station:
     def _catch_up(self) -> None:
         """After a restart: join what is on air at the right offset, report what was missed."""
         now = self.clock.now()
+        alive = self.outbox.last_alive()
+        if alive is not None and now < alive:
+            # The clock is behind the last moment the station was known running (a Pi booted
+            # at 1970): the occurrences it missed are out of its sight. The catch-up waits for
+            # the clock to pass that moment (watch tick); a catch-up on the wrong clock left
+            # them without an as-run for good (found by tests/e2e/test_fault_clock.py).
+            self._catch_up_after = alive
+            return
+        self._catch_up_after = None
         oldest = now - timedelta(days=self.config.schedule.lookback_days)
         cut_short = self._on_air_when_stopped(now, oldest)
         marked = {occurrence.key for occurrence, _ in cut_short}

@@ -422,18 +422,29 @@ def drive_boot_1970(rig: Rig, tmp_path: Path) -> tuple[Scenario, str]:
     scenario = Scenario(
         part="clock", name="boot with the clock at 1970",
         how="The agent starts with its wall clock at 1970-01-01 (libfaketime) and clock trust "
-        "left to the kernel; a signed time beacon is ingested; then the clock comes right. "
+        "left to the kernel, after a power cut with slots due; a signed time beacon is "
+        "ingested and another retained on the broker; then the clock comes right. "
         "trust.db's floor, the registry and the card are read.",
         bar={**BAR, "floor_lowered": 0, "beacon_raised_floor": 1, "beacon_mqtt_raised_floor": 1,
-             "untrusted_said": 1, "asruns_marked_as_judged": 1},
+             "untrusted_said": 1, "asruns_marked_as_judged": 1, "outage_missed_once": 1},
     )  # fmt: skip
     try:
         held = floor(st)
         assert held is not None, "provisioning leaves a time floor"
-        t0 = whole_second(datetime.now(UTC) + timedelta(seconds=16 if not LONG else 40))
+        # The station ran (its alive mark is today), then lost power.
+        start_faked(st, fake, rig.preloaded, clock_trust=None)
+        wait(lambda: st.produced("event") >= 1 or not st.running(), "the boot event", 20)
+        assert stop(st) == 0, st.tail()
+        # Slots due while it is off, and while it runs at 1970: missed, once each, even though
+        # the boot's catch-up ran on a clock that could not see them.
+        down = whole_second(datetime.now(UTC))
+        outage = [slot(province, f"o{n}", down + timedelta(seconds=2 + 2 * n), 2000.0 + 200 * n)
+                  for n in range(2)]  # fmt: skip
+        t0 = down + timedelta(seconds=15 if not LONG else 40)
         slots = [slot(province, f"e{n}", t0 + timedelta(seconds=3 * n), 650.0 + 150 * n)
                  for n in range(3 if LONG else 2)]  # fmt: skip
-        assert st.ingest(playlist_envelope(st.path, 1, slots), "playlist.json")[0] == 0
+        body = playlist_envelope(st.path, 1, [*outage, *slots])
+        assert st.ingest(body, "playlist.json")[0] == 0
         fake.set("@1970-01-01 00:00:00")
         start_faked(st, fake, rig.preloaded, clock_trust=None)
         wait(lambda: st.produced("heartbeat") >= 2 or not st.running(), "heartbeats", 20)
@@ -458,6 +469,8 @@ def drive_boot_1970(rig: Rig, tmp_path: Path) -> tuple[Scenario, str]:
         sleep_polling(card, slots[-1].end + timedelta(seconds=0.5))
         wait_polling(card, lambda: sum(asruns(st).values()) >= len(slots) or not st.running(),
                      "as-runs of the slots", 15)  # fmt: skip
+        with contextlib.suppress(TimeoutError):  # counted below
+            wait(lambda: all(asruns(st)[(o.id, "missed")] for o in outage), "missed outage", 5)
         floors.append(floor(st))
         crashes = finish(st)
         events = [json.loads(r.body)
@@ -467,7 +480,8 @@ def drive_boot_1970(rig: Rig, tmp_path: Path) -> tuple[Scenario, str]:
             1 for kind in KINDS for r in province.registry.reports(kind, [st.path])
             if json.loads(r.body).get("ts", "").startswith("1970")
         )  # fmt: skip
-        marked = sum(1 for d in st.asruns() if d.get("clock_trusted") is False)
+        docs = st.asruns()
+        marked = sum(1 for d in docs if d.get("clock_trusted") is False)
         late = [s.id for s in slots if not on_time(card, s)]
         lowered = sum(1 for f in floors if f is None or f < held)
         scenario.counts = {
@@ -480,10 +494,17 @@ def drive_boot_1970(rig: Rig, tmp_path: Path) -> tuple[Scenario, str]:
             "beacon_mqtt_raised_floor": int((floors[-1] or held) >= stamp2),
             "reports_stamped_1970_stored": stamped_1970,
             "reached_broker_at_1970": reached_at_1970,
+            "outage_slots": len(outage),
+            "outage_missed_once": int(all(
+                sum(n for (sid, _), n in asruns(st).items() if sid == o.id) == 1
+                and asruns(st)[(o.id, "missed")] == 1 for o in outage
+            )),
             "kernel_synchronised": int(synchronised),
             # Unsynchronised kernel: every as-run says so; synchronised: none has to.
             "asruns_marked_untrusted": marked,
-            "asruns_marked_as_judged": int(marked == (0 if synchronised else len(slots))),
+            "asruns_marked_as_judged": int(
+                bool(docs) and marked == (0 if synchronised else len(docs))
+            ),
             "late": late,
         }  # fmt: skip
     finally:
