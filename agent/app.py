@@ -156,11 +156,15 @@ def _open_probe(config: Config) -> PyAudioProbe | None:
 
 
 def _write_pin_history(factory: Any, path: Path) -> None:
+    """The simulated pins' history for tests to read; a test aid, so a full disk only warns."""
     history = {
         str(pin): [[stamp, state] for stamp, state in states]
         for pin, states in pin_history(factory).items()
     }
-    atomic_write(path, json.dumps(history, indent=1).encode())
+    try:
+        atomic_write(path, json.dumps(history, indent=1).encode())
+    except OSError as exc:
+        log.warning("simulated pin history not written to %s: %s", path, exc)
 
 
 def run(config: Config, clock: Clock, notifier: Notifier | None = None) -> int:

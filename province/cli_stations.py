@@ -47,7 +47,8 @@ STANDING = {
 # Fault events that are counted when recent (nothing clears them).
 RECENT_FAULTS = frozenset(
     {"output-silent", "media-unreachable", "media-too-large", "media-hash-mismatch",
-     "media-corrupt", "cache-full", "cache-write-failed", "reports-dropped"}
+     "media-corrupt", "cache-full", "cache-write-failed", "reports-dropped",
+     "reports-unkept", "state-unwritable"}
 )  # fmt: skip
 DEFAULT_RECENT_H = 24.0
 STANDING_LOOKBACK = timedelta(days=30)
