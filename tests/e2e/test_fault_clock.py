@@ -192,6 +192,8 @@ def report_counts(st: CrashStation, slots: list[Slot], dups_before: int) -> dict
     return {
         "reports_produced": produced, "reports_stored": stored, "reports_lost": lost,
         "duplicates_counted": sum(max(0, n - 1) for n in per.values()),
+        # The collector counts these for the province: the three scenarios run side by side,
+        # so this is theirs together over this one's run (expected and harmless either way).
         "duplicates_dropped": st.province.duplicates() - dups_before,
         "asruns_missing": sum(1 for s in slots if per[s.id] == 0),
     }  # fmt: skip
