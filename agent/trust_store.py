@@ -68,6 +68,10 @@ class TrustStore:
         # snapshot moves forward by the same effects (``trust_state.apply``) instead of being
         # read back, which would cost every remembered command id per accepted command.
         self._written: list[tuple[tuple[Effect, ...], datetime]] = []
+        # Effects a full disk refused that the station acted on anyway (an emergency's command
+        # id, ``keep_unwritten``): every snapshot carries them until ``write_kept`` stores them,
+        # so a replay is refused in this run even before the id reaches the disk.
+        self._unwritten: list[tuple[tuple[Effect, ...], datetime]] = []
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = _open(path, busy_timeout_s)
@@ -92,7 +96,7 @@ class TrustStore:
             raise StoreError(f"state database is locked or unwritable: {exc}") from exc
         self._written = []
         try:
-            state = self._load()
+            state = self._with_unwritten(self._load())
             yield state
         except BaseException:
             self._rollback()
@@ -125,14 +129,46 @@ class TrustStore:
         """The current state for reading (heartbeats, events): no write lock taken."""
         try:
             if self._cached is not None and self._cached[0] == self._version():
-                return self._cached[1]  # every event asks: one PRAGMA, no transaction
+                # Every event asks: one PRAGMA, no transaction.
+                return self._with_unwritten(self._cached[1])
             self._db.execute("BEGIN")
             try:
-                return self._load()
+                return self._with_unwritten(self._load())
             finally:
                 self._db.execute("COMMIT")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read state: {exc}") from exc
+
+    def _with_unwritten(self, state: TrustState) -> TrustState:
+        for effects, _ in self._unwritten:
+            state = apply(state, effects)
+        return state
+
+    def keep_unwritten(self, effects: tuple[Effect, ...], now: datetime) -> None:
+        """Hold effects the disk refused (their transaction rolled back) in memory: snapshots
+        include them from now on, and ``write_kept`` stores them once there is room. Only for
+        what the station must act on regardless (an emergency sounds on a full disk); a
+        restart before they are written forgets them, the price of sounding at all."""
+        self._unwritten.append((effects, now))
+
+    @property
+    def unwritten(self) -> int:
+        return len(self._unwritten)
+
+    def write_kept(self) -> bool:
+        """Store what ``keep_unwritten`` held; True once nothing is left held. A disk still
+        full keeps them held (no StoreError: the next watch tick tries again)."""
+        if not self._unwritten:
+            return True
+        kept, self._unwritten = self._unwritten, []
+        try:
+            with self.transaction():
+                for effects, now in kept:
+                    self.persist(effects, now)
+        except StoreError:
+            self._unwritten = kept + self._unwritten
+            return False
+        return True
 
     def persist(self, effects: tuple[Effect, ...], now: datetime) -> None:
         """Write effects; call inside ``transaction()``. Expired command ids are forgotten."""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.core.trust_state import RaiseTimeFloor
+from agent.core.trust_state import RaiseTimeFloor, RememberCommand
 from agent.trust_store import StoreError, TrustStore
 
 NOW = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
@@ -51,4 +51,26 @@ def test_a_commit_sqlite_rolled_back_itself_raises_store_error(tmp_path: Path) -
         store.persist((RaiseTimeFloor(NOW),), NOW)
         store._db.execute("ROLLBACK")  # as SQLite does itself on SQLITE_FULL
     assert store.snapshot().time_floor is None
+    store.close()
+
+
+def test_effects_kept_in_memory_count_at_once_and_reach_the_disk_once_there_is_room(
+    tmp_path: Path,
+) -> None:
+    """An emergency accepted on a full disk: its command id is in every snapshot at once (a
+    replay is refused in this run) and is written when the disk takes it again."""
+    store = TrustStore(tmp_path / "trust.db")
+    refuse_writes(store)
+    remember = (RememberCommand("cmd-1", NOW + timedelta(hours=1)),)
+    with pytest.raises(StoreError), store.transaction():
+        store.persist(remember, NOW)
+    store.keep_unwritten(remember, NOW)
+    assert "cmd-1" in store.snapshot().commands
+    assert store.write_kept() is False and store.unwritten == 1  # still full: held, no raise
+    store._db.execute("PRAGMA query_only = 0")
+    with store.transaction() as state:  # what the next envelope is verified against
+        assert "cmd-1" in state.commands
+    assert store.write_kept() is True and store.unwritten == 0
+    with TrustStore(tmp_path / "trust.db") as fresh:  # what a restart would read
+        assert "cmd-1" in fresh.snapshot().commands
     store.close()
