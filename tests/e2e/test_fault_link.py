@@ -78,10 +78,9 @@ COLLECTOR_2 = "province-25.collector-2"
 OPERATORS = ((COLLECTOR, "25"), (COLLECTOR_2, "25"), (DESK, "25"))
 STATION = "25/08230/08230-60"
 TONE_S = 0.4
-SPACING_S = 2  # whole seconds: slot starts are written HH:MM:SS
-# The cut's schedule is denser: a tone, the amplifier's 0.2 s hold and the next slot's 0.2 s
-# warm-up fit in one second.
-CUT_SPACING_S = 2 if LONG else 1
+# Whole seconds (slot starts are written HH:MM:SS). In CI one: a tone, the amplifier's 0.2 s
+# hold and the next slot's 0.2 s warm-up fit in it.
+SPACING_S = 2 if LONG else 1
 HEARTBEAT_S = 1.0  # the shortest the agent takes: telemetry flowing all the time
 LEAD_S = 2.5  # from a playlist to its first slot: a few small media fetched
 # From the first playlist to the new version's first slot: the old medium fetched, the new
@@ -126,11 +125,10 @@ class Rig:
         self.province.record_playlist(self.topic(), doc, signed)
         return self.version, signed
 
-    def schedule(self, prefix: str, first: datetime, count: int, base_hz: float,
-                 spacing_s: int = SPACING_S) -> list[Slot]:  # fmt: skip
-        """``count`` slots ``spacing_s`` apart from ``first``, each with a tone of its own."""
+    def schedule(self, prefix: str, first: datetime, count: int, base_hz: float) -> list[Slot]:
+        """``count`` slots SPACING_S apart from ``first``, each with a tone of its own."""
         return [
-            Slot(f"{prefix}{n:02d}", first + timedelta(seconds=spacing_s * n),
+            Slot(f"{prefix}{n:02d}", first + timedelta(seconds=SPACING_S * n),
                  self.province.tone(base_hz + 37.0 * n, TONE_S))
             for n in range(count)
         ]  # fmt: skip
@@ -286,10 +284,15 @@ class Window:
         on_air = late = 0
         for s in slots:
             mine = [p for p in plays if p.is_tone(s.tone) and p.seconds >= s.tone.seconds - 0.05]
-            if mine:
-                on_air += 1
-                if not any(abs((p.written - s.start).total_seconds()) <= ON_TIME_S for p in mine):
-                    late += 1
+            if not mine:
+                heard = [p for p in plays if p.is_tone(s.tone)]
+                self.problems.append(f"{s.id} ({s.tone.hz:g} Hz at {s.start:%H:%M:%S}) not on "
+                                     f"the card in full: {heard}")  # fmt: skip
+                continue
+            on_air += 1
+            if not any(abs((p.written - s.start).total_seconds()) <= ON_TIME_S for p in mine):
+                self.problems.append(f"{s.id} late on the card: {mine}")
+                late += 1
         strays = [p for p in plays if not any(p.is_tone(s.tone) for s in slots)]
         wrong = [p for p in plays if any(p.is_tone(t) for t in foreign)]
         if strays or wrong:
@@ -444,13 +447,13 @@ def test_link_cut_for_a_schedule(rig: Rig, tmp_path: Path) -> None:
     w = Window(rig, Scenario(
         part="link", name="link cut for a whole schedule",
         how=f"The proxy between the station and the broker closes every connection and "
-        f"refuses new ones from 1 s before the first of {count} slots {CUT_SPACING_S} s apart "
+        f"refuses new ones from 1 s before the first of {count} slots {SPACING_S} s apart "
         "until after the last. Each slot's own tone read from the card's files written while "
         "the link was down; the registry once it is back.",
     ))  # fmt: skip
     try:
         first = whole_second(datetime.now(UTC) + timedelta(seconds=LEAD_S + count * 0.05))
-        slots = rig.schedule("c", first, count, 440.0, CUT_SPACING_S)
+        slots = rig.schedule("c", first, count, 440.0)
         rig.publish(slots)
         wait(lambda: all(st.cached(s.tone.sha256) for s in slots), "every tone cached",
              (first - datetime.now(UTC)).total_seconds() - 1)  # fmt: skip
