@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import queue
 import signal
 import threading
 from collections.abc import Callable
@@ -178,9 +179,21 @@ def run(config: Config, clock: Clock, notifier: Notifier | None = None) -> int:
     stopping = threading.Event()
     supervise(station, notifier, watchdog_interval(), stopping)
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
+    # The handler runs on the main thread between two bytecodes, possibly while that thread
+    # holds the inbox's lock inside ``Queue.get``: putting on the inbox from there deadlocked
+    # the agent on SIGTERM (caught by py-spy under tests/e2e/test_fault_clock.py). It only puts
+    # on a SimpleQueue (reentrant); a thread of its own passes the stop on.
+    signals: queue.SimpleQueue[str] = queue.SimpleQueue()
+
+    def forward_signals() -> None:
+        name = signals.get()
         stopping.set()
-        station.stop(signal.Signals(signum).name)
+        station.stop(name)
+
+    threading.Thread(target=forward_signals, name="loa-signals", daemon=True).start()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        signals.put(signal.Signals(signum).name)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
