@@ -104,6 +104,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     weights = [WEIGHTS[k] for k in kinds]
     sent: Counter[str] = Counter()
     rate, seconds = float(spec["rate"]), float(spec["seconds"])
+    oversize_per_s = float(spec.get("oversize_per_s", OVERSIZE_PER_S))
     publish: Callable[..., Any] = client.publish
     started = time.monotonic()
     oversize_sent = 0
@@ -116,7 +117,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             else:
                 publish(rng.choice(topics), payload, qos=0)
             sent[kind] += 1
-        if oversize_sent < (now - started) * OVERSIZE_PER_S:
+        if oversize_sent < (now - started) * oversize_per_s:
             publish(topics[0], oversize, qos=0)
             oversize_sent += 1
         time.sleep(TICK_S)
