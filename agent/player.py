@@ -119,8 +119,10 @@ class _DeviceError(Exception):
 
 
 _Job = tuple[Callable[[], None], Running]
-# the play being replaced: its run, its cut event, and (outcome, reason) to end it with
-Previous = tuple[Running | None, threading.Event, tuple[str, str]]
+# The play being replaced: its run, its cut event, its "sounded in full" event, the (outcome,
+# reason) to end it with, and when to end it: None at once (preemption), else the monotonic
+# time the new play is due; until then it may sound to its end and only its hold is cut.
+Previous = tuple[Running | None, threading.Event, threading.Event, tuple[str, str], float | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +231,7 @@ class Player:
         self._threads = PlaybackThreads("play")
         self._thread: Running | None = None
         self._cut = threading.Event()
+        self._sounded = threading.Event()  # the current play reached its end uncut
         self._cut_reason: tuple[str, str] = ("partial", "")
         self._amp_lock = threading.Lock()
         self._amp_on = False
@@ -253,6 +256,11 @@ class Player:
     @property
     def busy(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def sounded(self) -> bool:
+        """The current play reached its end uncut: what is left of it is the hold."""
+        return self.busy and self._sounded.is_set()
 
     @property
     def device_fault(self) -> str | None:
@@ -287,10 +295,16 @@ class Player:
         if changed and self.on_device is not None:
             self.on_device(fault)
 
-    def play(self, request: PlayRequest, *, replacing: tuple[str, str] | None = None) -> None:
+    def play(
+        self, request: PlayRequest, *, replacing: tuple[str, str] | None = None,
+        follow: bool = False,
+    ) -> None:  # fmt: skip
         """Start ``request``. With ``replacing`` (outcome, reason) a current play is cut, but
         only once the new item's decoder has its first chunk: the old programme goes on
-        sounding while ffmpeg starts, and the new one follows within a chunk (preemption)."""
+        sounding while ffmpeg starts, and the new one follows within a chunk (preemption).
+        With ``follow`` the current play is not cut short: it sounds to its end (then its hold
+        is cut) unless it runs past ``request.start_at`` (or now), where ``replacing`` ends
+        it: the next slot in a schedule takes the card from the one before."""
         previous = None
         if self.busy:
             if replacing is None and self.testing:
@@ -298,12 +312,16 @@ class Player:
                 replacing = ("partial", "relay test interrupted by a play")
             if replacing is None:
                 raise RuntimeError("the player is busy: cut the current play first")
-            previous = (self._thread, self._cut, replacing)
+            until = None
+            if follow:
+                until = self._clock.monotonic() if request.start_at is None else request.start_at
+            previous = (self._thread, self._cut, self._sounded, replacing, until)
         self.testing = False
         self._cut = threading.Event()
+        self._sounded = threading.Event()
         self.current = request
-        cut = self._cut
-        self._thread = self._threads.run(lambda: self._run(request, cut, previous))
+        cut, sounded = self._cut, self._sounded
+        self._thread = self._threads.run(lambda: self._run(request, cut, previous, sounded))
 
     def cut(self, outcome: str, reason: str, wait_s: float = 5.0) -> None:
         """Stop the current play (outcome ``preempted`` or ``partial``) and wait for it."""
@@ -449,14 +467,20 @@ class Player:
         return source, chunks, first
 
     def _take_over(self, previous: Previous) -> None:
-        thread, cut, (outcome, reason) = previous
+        thread, cut, sounded, (outcome, reason), until = previous
+        if until is not None:
+            sounded.wait(max(0.0, until - self._clock.monotonic()))
         if thread is not None and thread.is_alive():
             self._cut_reason = (outcome, reason)
             cut.set()
             thread.join(5.0)
 
     def _run(
-        self, request: PlayRequest, cut: threading.Event, previous: Previous | None = None
+        self,
+        request: PlayRequest,
+        cut: threading.Event,
+        previous: Previous | None = None,
+        sounded: threading.Event | None = None,
     ) -> None:
         started_at: datetime | None = None
         frames = 0
@@ -563,8 +587,11 @@ class Player:
             faults.crash_point(faults.PLAY_ENDED)  # the last sample is out, no as-run yet
             if cut.is_set():
                 outcome, reason = self._cut_reason
-            elif self._hold_s:
-                cut.wait(self._hold_s)
+            else:
+                if sounded is not None:
+                    sounded.set()  # in full: a play that follows may take the card now
+                if self._hold_s:
+                    cut.wait(self._hold_s)
         except _DeviceError as exc:
             # The card failed (gone, or never there). What already sounded is not undone:
             # a play cut by it is partial, one that never sounded failed.

@@ -5,6 +5,8 @@ from the player's queue, as the runtime's loop would."""
 from __future__ import annotations
 
 import queue
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,7 +37,9 @@ def occ(slot: str, start: str, priority: int = 50, seconds: float = 60, name: st
 
 
 class Rig:
-    def __init__(self, mock_pins: Any, clock: FakeClock, ready: bool = True) -> None:
+    def __init__(
+        self, mock_pins: Any, clock: FakeClock, ready: bool = True, hold_s: float = 0
+    ) -> None:
         self.results: queue.Queue[PlayResult] = queue.Queue()
         self.reported: list[Outcome] = []
         self.relays = GpioRelays(17, {"north": 27})
@@ -46,7 +50,7 @@ class Rig:
             return ScriptedSource(clock, None if path.name.startswith("long") else 3)
 
         self.player = Player(self.relays, lambda: self.sink, source, clock, self.results.put,
-                             warmup_s=0, hold_s=0)  # fmt: skip
+                             warmup_s=0, hold_s=hold_s)  # fmt: skip
         self.programme = Programme(
             clock, self.player,
             media_ready=lambda m: ready,
@@ -67,6 +71,14 @@ class Rig:
     def close(self) -> None:
         self.player.close()
         self.relays.close()
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 10) -> None:
+    """The player's thread makes it true (a real thread; the fake clock does not drive it)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "gave up waiting"
+        time.sleep(0.005)
 
 
 def at(clock: FakeClock, occurrence: Occurrence, seconds: float = 0) -> None:
@@ -95,6 +107,67 @@ def test_preempted_item_resumes_where_it_stopped(mock_pins: Any, fake_clock: Fak
     rig.player.cut("partial", "test over")
     rig.pump()
     assert rig.outcomes()[-1][:2] == ("news", "partial")
+    rig.close()
+
+
+def test_the_next_slot_takes_the_card_from_one_that_sounded_in_full_and_holds(
+    mock_pins: Any, fake_clock: FakeClock
+) -> None:
+    """Slots back to back: the first has sounded in full and holds its relays (hold_s) when
+    the next fires; the next ends the hold and plays, both complete. It was skipped as "first
+    was on air" (found by tests/e2e/test_fault_devices.py with slots 2 s apart)."""
+    rig = Rig(mock_pins, fake_clock, hold_s=60)
+    first = occ("first", "06:00", seconds=60)
+    second = occ("second", "06:01", seconds=60)
+    rig.programme.replace_plan([first, second], first.start, lambda k: False)
+    rig.programme.fire(first.key)
+    assert rig.sink.first_write.wait(10)
+    wait_for(lambda: rig.player.sounded)  # three chunks out: now only the hold
+    at(fake_clock, second)
+    rig.programme.fire(second.key)
+    assert rig.pump().key == first.key  # the hold ended at once, not after 60 s
+    wait_for(lambda: rig.player.sounded)
+    rig.player.cut("complete", "")  # ends the second one's hold
+    assert rig.pump().key == second.key
+    assert rig.outcomes() == [("first", "complete", None), ("second", "complete", None)]
+    rig.close()
+
+
+def test_a_slot_that_runs_past_the_next_ones_start_is_cut_there(
+    mock_pins: Any, fake_clock: FakeClock
+) -> None:
+    """Planned to end by the next start, yet still sounding at it (a longer file than its
+    declared duration): the next slot is on time and the overrun is cut, partial."""
+    rig = Rig(mock_pins, fake_clock)
+    first = occ("first", "06:00", seconds=60, name="long-first")
+    second = occ("second", "06:01", seconds=60)
+    rig.programme.replace_plan([first, second], first.start, lambda k: False)
+    rig.programme.fire(first.key)
+    assert rig.sink.first_write.wait(10)
+    at(fake_clock, second)
+    rig.programme.fire(second.key)
+    assert rig.pump().key == first.key
+    assert rig.pump().key == second.key
+    assert rig.outcomes() == [
+        ("first", "partial", "ran past the start of second"),
+        ("second", "complete", None),
+    ]
+    rig.close()
+
+
+def test_a_higher_slot_that_runs_past_its_end_is_not_cut_by_a_lower_one(
+    mock_pins: Any, fake_clock: FakeClock
+) -> None:
+    rig = Rig(mock_pins, fake_clock)
+    first = occ("alert", "06:00", 60, seconds=60, name="long-alert")
+    second = occ("music", "06:01", 10, seconds=60)
+    rig.programme.replace_plan([first, second], first.start, lambda k: False)
+    rig.programme.fire(first.key)
+    assert rig.sink.first_write.wait(10)
+    at(fake_clock, second)
+    rig.programme.fire(second.key)
+    assert rig.outcomes() == [("music", "skipped", "alert was on air")]
+    assert rig.player.current is not None and rig.player.current.key == first.key
     rig.close()
 
 
