@@ -24,13 +24,18 @@ Measured from outside and recorded (``tests/harness/reliability.py``) before any
   ``TOLERANCE_S`` beyond the baseline's worst slot, see there);
 - the agent's RSS from ``/proc`` every 50 ms, peak during and after the flood against the peak
   before it (bar ``RSS_BAR_MIB``); the broker's, where a backlog now waits (no bar);
-- crashes, and ``accepted_unsigned``: the trust database must hold exactly playlist v2 and
-  keyring v1 at the end (no flood envelope got in, none changed a version);
+- crashes, and ``accepted_unsigned``: the trust database may hold only the desk's playlist
+  (v1 or v2) and keyring v1 (no flood envelope got in, none changed a version); ``drained``:
+  v2 was applied after the flood;
 - verdicts: every message the broker delivered to the station is counted in the station's
   reports (single events plus the flood gate's ``rejections-suppressed`` counts), rejections by
-  code; and the events the flood made the station produce stay under the gate's bound.
+  code; the events the flood made the station produce stay under the gate's bound; the agent's
+  log lines.
 
-``LOA_RELIABILITY_LONG=1`` floods for a minute over twenty slots.
+``LOA_RELIABILITY_LONG=1`` floods for a minute over twenty slots. It does not meet the bar yet:
+every slot still starts on time, but the broker's backlog for the station outgrows its queue
+(371,985 flood messages received, 350,009 sent on), playlist v2 published after the flood was
+not applied within 180 s, and the agent's peak RSS lands at about the bar (+20.2 MiB).
 """
 
 from __future__ import annotations
@@ -111,6 +116,7 @@ TOLERANCE_S = 0.020
 # the one being read and the allocator's slack; an unbounded inbox passed it within seconds of
 # falling behind (+73 MiB in 8 s at 6,000 messages a second, +185 MiB in 9 s at 12,000).
 RSS_BAR_MIB = 20.0
+LEGIT_PLAYLISTS = {("25", STATION, 1), ("25", STATION, 2)}
 HEARTBEAT_S = 300.0
 REJECTION_WINDOW_S = 1.0  # the flood gate's "minute", shortened so its summaries come in time
 WATCH_S = 5.0  # the station's watch tick, which sends the gate's summaries (agent/station.py)
@@ -445,7 +451,11 @@ def test_a_flood_outrunning_the_agent_loses_no_slot(
             "agent_log_lines": len(st.proc.log_text().splitlines()),
             # Per code (and accepted-noop) and window: the gate's single events and a summary.
             "event_bound": (codes + 1) * (PER_WINDOW + 1) * windows,
-            "accepted_unsigned": int(playlists != [("25", STATION, 2)]) + int(keyrings != [1]),
+            # Only the desk's v1 or v2 may be held, and keyring v1: any other row or version got
+            # in without a valid signature (v2 missing is not that: it is ``drained``).
+            "accepted_unsigned": sum(1 for row in playlists if row not in LEGIT_PLAYLISTS)
+            + int(keyrings != [1]),
+            "playlists_held": [list(row) for row in playlists],
             "crashes": int(crashed),
             "rejections": verdicts.rejections(),
             "replays_accepted_as_held": verdicts.by_code.get("accepted-noop", 0)
