@@ -171,8 +171,9 @@ class Province:
         self.broker_kills += 1
 
     def restart_broker(self, timeout: float = 10.0) -> None:
-        """The broker back on its port; waits until the collectors are subscribed again, and
-        connects a new desk (the desk's retained set carried over, cleared at close)."""
+        """The broker back on its port; connects a new desk (the desk's retained set carried
+        over, cleared at close) and waits until every collector has connected again (its
+        SUBSCRIBE follows from its own callback: a report may still beat it, as in the field)."""
         self.broker.start(timeout, same_port=True)
         retained = set(self.desk.retained)
         close_client(self.desk.client)
