@@ -133,8 +133,16 @@ def jitter_rng(environ: Mapping[str, str] = os.environ) -> random.Random:
         raise LinkError(f"{SEED_ENV} must be an integer, got {seed!r}") from None
 
 
-def tls_client(client_id: str, tls: TlsFiles, *, reconnect_on_failure: bool = True) -> Client:
-    """A paho client as every Loa party uses it: MQTT 5, callback API 2, mutual TLS.
+def tls_client(
+    client_id: str,
+    tls: TlsFiles,
+    *,
+    reconnect_on_failure: bool = True,
+    context: ssl.SSLContext | None = None,
+) -> Client:
+    """A paho client as every Loa party uses it: MQTT 5, callback API 2, mutual TLS (the
+    broker's chain and host name checked). ``context``, when given, is the one the client uses,
+    so its owner can change how later handshakes judge the certificate dates.
 
     Raises LinkError when the TLS files cannot be loaded (missing, unreadable, not matching)."""
     client = Client(
@@ -143,16 +151,30 @@ def tls_client(client_id: str, tls: TlsFiles, *, reconnect_on_failure: bool = Tr
         protocol=MQTTProtocolVersion.MQTTv5,
         reconnect_on_failure=reconnect_on_failure,
     )
+    context = context or ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     try:
-        client.tls_set(
-            ca_certs=str(tls.ca),
-            certfile=str(tls.cert),
-            keyfile=str(tls.key),
-            tls_version=ssl.PROTOCOL_TLS_CLIENT,
-        )
+        context.load_verify_locations(cafile=str(tls.ca))
+        context.load_cert_chain(str(tls.cert), str(tls.key))
     except (OSError, ssl.SSLError) as exc:
         raise LinkError(f"cannot load TLS files: {exc}") from exc
+    client.tls_set_context(context)
     return client
+
+
+NO_CHECK_TIME = 0x200000  # OpenSSL's X509_V_FLAG_NO_CHECK_TIME (not named by Python's ssl)
+
+
+def judge_certificate_dates(context: ssl.SSLContext, clock_trusted: bool) -> None:
+    """Whether later handshakes check the certificates' dates. On an untrusted clock (a Pi
+    booted at 1970) every certificate is "not yet valid": the station could never reach the
+    broker that brings the signed time beacon that would fix its clock (section 9). Then only
+    the dates are skipped (chain and host name are still checked), as chrony's
+    ``nocerttimecheck`` does; everything the station acts on is signed end to end anyway."""
+    flags = context.verify_flags
+    if clock_trusted:
+        context.verify_flags = flags & ~NO_CHECK_TIME
+    else:
+        context.verify_flags = flags | NO_CHECK_TIME
 
 
 class Link:
@@ -191,7 +213,8 @@ class Link:
         self._time_subscribed = False
         self._retained_seen = False  # this run has had every retained message once
         self.broker_index = 0  # the broker tried next, or connected to now
-        client = tls_client(station.path, tls)
+        self._tls_context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        client = tls_client(station.path, tls, context=self._tls_context)
         will_props = Properties(PacketTypes.WILLMESSAGE)  # type: ignore[no-untyped-call]
         will_props.WillDelayInterval = will_delay_s
         client.will_set(self.state_topic, will_payload, qos=1, retain=True, properties=will_props)
@@ -233,6 +256,10 @@ class Link:
         self._client.connect_async(
             host, port, keepalive=self._keepalive, clean_start=False, properties=props
         )
+
+    def set_clock_trusted(self, trusted: bool) -> None:
+        """The station's judgement of its clock, for the next handshake's certificate dates."""
+        judge_certificate_dates(self._tls_context, trusted)
 
     def set_want_time(self, wanted: bool) -> None:
         """Subscribe to the time beacon while the clock is untrusted, not otherwise."""

@@ -516,7 +516,8 @@ class Station:
         self._clock_was_trusted = trusted
         if self.link is not None:
             always = self.config.broker.time_beacons == "always"
-            self.link.set_want_time(always or not self.ingestor.trust()[0])
+            self.link.set_want_time(always or not trusted)
+            self.link.set_clock_trusted(trusted)
 
     def _summarise_floods(self) -> None:
         for held in self.flood.due(self.clock.monotonic()):
