@@ -257,6 +257,16 @@ class Link:
             host, port, keepalive=self._keepalive, clean_start=False, properties=props
         )
 
+    def resync(self) -> None:
+        """Ask the broker for every retained message again (a subscription renewed with
+        "send retained"): after a flood the broker may have dropped, from this station's full
+        queue, a playlist or keyring published meanwhile; retained, it is still there to take.
+        What the station holds already costs a no-op verification each."""
+        if not self.connected:
+            return  # the next connect subscribes anew
+        topics = down_topics(self.station, with_time=self._time_subscribed)
+        self._client.subscribe([(topic, _SUBSCRIBE_FIRST) for topic in topics])
+
     def set_clock_trusted(self, trusted: bool) -> None:
         """The station's judgement of its clock, for the next handshake's certificate dates."""
         judge_certificate_dates(self._tls_context, trusted)

@@ -192,6 +192,9 @@ class Station:
     _clock_offset: float | None = None
     _held: dict[str, bytes] = field(default_factory=dict)  # topic -> retained envelope
     _retry_unwritable: bool = False  # an envelope is held because the state was unwritable
+    # EnvelopeBound.waited at the last resync after a flood, and at the last watch tick.
+    _flood_waited_seen: int = 0
+    _flood_waited_last: int = 0
     # Emergencies whose clip is being fetched: sha256 -> their occurrences.
     _awaiting_clip: dict[str, list[Occurrence]] = field(default_factory=dict)
     # CAP identifier -> command id of the emergencies heard, so a CAP Cancel/Update finds them.
@@ -417,6 +420,7 @@ class Station:
                 if self._catch_up_after is not None and self.clock.now() >= self._catch_up_after:
                     self._catch_up()  # the clock has come right: what was missed can be seen
                 self._summarise_floods()
+                self._resync_after_flood()
                 self._follow_clock_trust()
                 self._retry_emergency_clips()
                 self.updater.on_watch(self._busy(), self.programme.plan.values())
@@ -518,6 +522,18 @@ class Station:
             always = self.config.broker.time_beacons == "always"
             self.link.set_want_time(always or not trusted)
             self.link.set_clock_trusted(trusted)
+
+    def _resync_after_flood(self) -> None:
+        """Once a flood is over (the link waited for room in the inbox, and no longer does),
+        take the retained state again: the broker drops from a full queue whatever came behind
+        the flood, a real playlist too (tests/e2e/test_attack_flood.py, long mode)."""
+        waited = self.envelopes.waited
+        if waited != self._flood_waited_seen and waited == self._flood_waited_last:
+            self._flood_waited_seen = waited
+            if self.link is not None:
+                log.warning("an envelope flood is over: taking the retained state again")
+                self.link.resync()
+        self._flood_waited_last = waited
 
     def _summarise_floods(self) -> None:
         for held in self.flood.due(self.clock.monotonic()):

@@ -68,6 +68,11 @@ class BrokerFiles:
 
 
 MAX_QUEUED_MESSAGES = 200_000  # hours of 1,000 stations' reports (~1 kB each): ~200 MB at most
+# The same queue bounded in bytes: the message count alone let one stolen operator certificate
+# flooding one station's topics grow the broker to 1.4 GiB (tests/e2e/test_attack_flood.py,
+# long mode). A collector's 200,000 reports fit; a flood's excess is dropped at the broker, and
+# the station takes its retained state again once the flood is over.
+MAX_QUEUED_BYTES = 256 * 1024 * 1024
 
 
 def render_conf(files: BrokerFiles, host: str, port: int) -> str:
@@ -82,6 +87,7 @@ def render_conf(files: BrokerFiles, host: str, port: int) -> str:
         # (or down for a minute) lost reports the stations had been PUBACKed for
         # (bench/collector_ingest.py); they came back only through the outbox's resends.
         f"max_queued_messages {MAX_QUEUED_MESSAGES}",
+        f"max_queued_bytes {MAX_QUEUED_BYTES}",
         "log_dest stderr",
         "log_type all",
         "connection_messages true",

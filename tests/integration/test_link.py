@@ -102,3 +102,28 @@ def test_a_dead_broker_in_the_list_is_passed_over_and_a_restart_renews_subscript
             assert link.broker_index == 1
         finally:
             link.stop()
+
+
+def test_resync_takes_the_retained_state_again(broker: MosquittoBroker) -> None:
+    """After a flood the broker may have dropped a retained playlist from the station's full
+    queue: ``resync`` renews the subscriptions with "send retained", and it arrives again."""
+    events: queue.Queue[LinkEvent] = queue.Queue()
+    topic = f"loa/v1/{STATION.province}/{STATION.commune}/playlist/25"
+    with broker:
+        operator = connect_client(broker, "province-25")
+        link = _link(broker, [f"mqtts://127.0.0.1:{broker.port}"], events)
+        try:
+            Recorder(operator).publish(topic, b"playlist-v2", retain=True)
+            link.start()
+            _next(events, Connected)
+            first = _next(events, Received)
+            assert isinstance(first, Received) and first.payload == b"playlist-v2"
+            link.resync()
+            again = _next(events, Received)
+            assert isinstance(again, Received) and again.topic == topic and again.retained
+            with pytest.raises(queue.Empty):
+                _next(events, Received, timeout=1.0)  # once per resync, not once per topic
+        finally:
+            link.stop()
+            Recorder(operator).publish(topic, b"", retain=True)
+            close_client(operator)
