@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from agent.config import Config
 from agent.core.clock import Clock
+from agent.core.models import Command
 from agent.core.verify import (
     Accepted,
     ClockView,
@@ -22,7 +23,7 @@ from agent.core.verify import (
     verify,
 )
 from agent.schemas import load_schema_set
-from agent.trust_store import TrustStore
+from agent.trust_store import StoreError, TrustStore
 from agent.version import running_version
 from hal.clock import kernel_clock_synchronised
 
@@ -60,8 +61,20 @@ class Ingestor:
             topic=topic,
             running_version=self.version,
         )
-        with self.store.transaction() as state:
-            verdict = verify(state, data, ctx)
-            if isinstance(verdict, Accepted) and verdict.effects:
-                self.store.persist(verdict.effects, ctx.clock.now)
+        verdict: Verdict | None = None
+        try:
+            with self.store.transaction() as state:
+                verdict = verify(state, data, ctx)
+                if isinstance(verdict, Accepted) and verdict.effects:
+                    self.store.persist(verdict.effects, ctx.clock.now)
+        except StoreError:
+            if verdict is None:  # the state could not even be locked: judge on the snapshot
+                verdict = verify(self.store.snapshot(), data, ctx)
+            if not isinstance(verdict, Accepted) or not verdict.effects:
+                return verdict  # nothing to write: a rejection is as good as ever
+            if not isinstance(verdict.message, Command):
+                raise  # a playlist or keyring not persisted is not believed: held, retried
+            # A command acts now, full disk or not: an emergency must sound. Its id is kept
+            # in memory (a replay is refused in this run) until the disk takes it.
+            self.store.keep_unwritten(verdict.effects, ctx.clock.now)
         return verdict

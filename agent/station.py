@@ -414,6 +414,8 @@ class Station:
                 if self._retry_unwritable:  # held by a full disk: room may be back
                     self._retry_unwritable = False
                     self._retry_held()
+                if self.ingestor.store.unwritten:  # a command that acted on a full disk
+                    self.ingestor.store.write_kept()
                 if self.ingestor.store.data_version() != self._data_version:
                     self._reload_playlists()  # `loa-agent ingest` changed the state
                 self._check_clock_jump()

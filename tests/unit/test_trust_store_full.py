@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from agent.core.codes import Code
 from agent.core.trust_state import RaiseTimeFloor, RememberCommand
+from agent.core.verify import Accepted, Rejection
 from agent.trust_store import StoreError, TrustStore
+from tests.harness.trust import Station, command_body, envelope, playlist_body
 
 NOW = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 
@@ -74,3 +77,22 @@ def test_effects_kept_in_memory_count_at_once_and_reach_the_disk_once_there_is_r
     with TrustStore(tmp_path / "trust.db") as fresh:  # what a restart would read
         assert "cmd-1" in fresh.snapshot().commands
     store.close()
+
+
+def test_a_command_acts_on_a_full_disk_and_its_replay_is_refused(station: Station) -> None:
+    """A full disk must not silence an emergency: the command is accepted, its id kept in
+    memory (its replay refused in this run) and written once there is room. A playlist on the
+    same full disk is not believed (StoreError: the station holds it and retries)."""
+    command = envelope("command", command_body(), "command")
+    refuse_writes(station.store)
+    verdict = station.ingest(command)
+    assert isinstance(verdict, Accepted) and not verdict.noop
+    replayed = station.ingest(command)
+    assert isinstance(replayed, Rejection) and replayed.code == Code.REPLAY
+    with pytest.raises(StoreError):
+        station.ingest(envelope("playlist", playlist_body(), "playlist"))
+    assert station.store.playlist_bodies() == {}
+    station.store._db.execute("PRAGMA query_only = 0")
+    assert station.store.write_kept()
+    with TrustStore(station.config.paths.trust_db) as fresh:  # what a restart would read
+        assert "t-0001" in fresh.snapshot().commands
