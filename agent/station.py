@@ -36,6 +36,7 @@ from agent.core.reports import (
     birth_body,
     event_body,
     heartbeat_body,
+    parse_receipt,
     signed_asrun,
     to_bytes,
 )
@@ -844,19 +845,19 @@ class Station:
 
     def _on_ack(self, payload: bytes) -> None:
         try:
-            marks = strict.loads(payload)
-        except strict.StrictDecodeError:
+            # ``true`` is not 1, nor -1 a watermark: the outbox deletes on a receipt's strength.
+            watermarks = parse_receipt(payload)
+        except ValueError as exc:
+            log.warning("receipt ignored: %s", exc)
             return
-        if isinstance(marks, dict):
-            watermarks = {k: v for k, v in marks.items() if isinstance(v, int)}
-            self.outbox.acknowledge(watermarks)
-            self.updater.on_receipt(watermarks)
-            pending = self.outbox.pending_ids()
-            self._published = {i: t for i, t in self._published.items() if i in pending}
-            if self._fresh_session:
-                self._resend_left_behind()
-            # A receipt makes room: a long backlog drains a batch per receipt, not per heartbeat.
-            self._flush()
+        self.outbox.acknowledge(watermarks)
+        self.updater.on_receipt(watermarks)
+        pending = self.outbox.pending_ids()
+        self._published = {i: t for i, t in self._published.items() if i in pending}
+        if self._fresh_session:
+            self._resend_left_behind()
+        # A receipt makes room: a long backlog drains a batch per receipt, not per heartbeat.
+        self._flush()
 
     def _on_connected(self, resync: bool = False) -> None:
         if not resync:
