@@ -196,6 +196,7 @@ class Station:
     # EnvelopeBound.waited at the last resync after a flood, and at the last watch tick.
     _flood_waited_seen: int = 0
     _flood_waited_last: int = 0
+    _inputs_reported: dict[str, bool] = field(default_factory=dict)  # input -> last said
     # Emergencies whose clip is being fetched: sha256 -> their occurrences.
     _awaiting_clip: dict[str, list[Occurrence]] = field(default_factory=dict)
     # CAP identifier -> command id of the emergencies heard, so a CAP Cancel/Update finds them.
@@ -286,6 +287,7 @@ class Station:
         # A missing sound card is reported now, not at the first heartbeat (5 minutes by
         # default) nor at the first slot; the heartbeat looks again while it stays bad.
         self.player.probe_device()
+        self._reconcile_inputs()
         self.updater.start()
         self.timers.every("heartbeat", self.config.reports.heartbeat_s, self._tick("heartbeat"))
         self.timers.every("replan", 3600, self._tick("replan"))
@@ -424,6 +426,7 @@ class Station:
                     self._catch_up()  # the clock has come right: what was missed can be seen
                 self._summarise_floods()
                 self._resync_after_flood()
+                self._reconcile_inputs()
                 self._follow_clock_trust()
                 self._retry_emergency_clips()
                 self.updater.on_watch(self._busy(), self.programme.plan.values())
@@ -818,13 +821,13 @@ class Station:
         )
 
     def _read_inputs(self) -> dict[str, bool]:
-        """The health inputs now (called on the relay test's thread: gpiozero reads only)."""
+        """The health inputs now (gpiozero reads only: also called on a relay test's thread)."""
         if self.inputs is None:
             return {}
         try:
             return self.inputs.states()
         except InputError as exc:
-            log.error("health inputs unreadable during a relay test: %s", exc)
+            log.error("health inputs unreadable: %s", exc)
             return {}
 
     def _on_relay_tested(self, tested: RelayTested) -> None:
@@ -977,7 +980,12 @@ class Station:
         self._clock_offset = offset
 
     def _on_input(self, change: InputChange) -> None:
-        """A health input changed (gpiozero's thread only enqueued it): say so at once."""
+        """A health input changed (gpiozero's thread only enqueued it): say so at once, unless
+        it is what was last said (a flapping input, a simulated pin set at start). Until said
+        otherwise an input is taken to be present, as on a healthy station."""
+        if self._inputs_reported.get(change.name, True) == change.value:
+            return
+        self._inputs_reported[change.name] = change.value
         lost, back = INPUT_EVENTS.get(change.name, (f"{change.name}-off", f"{change.name}-on"))
         playing = self.programme.playing
         self._event(
@@ -987,6 +995,13 @@ class Station:
             {"input": change.name, "value": change.value,
              "slot": playing.slot_id if playing else None},
         )  # fmt: skip
+
+    def _reconcile_inputs(self) -> None:
+        """Edges are for promptness, ``states()`` is the truth (hal/inputs.py): at start (an
+        input already absent at boot has no edge) and at every watch tick (an edge the debounce
+        dropped), what differs from what was last said is said now."""
+        for name, value in self._read_inputs().items():
+            self._on_input(InputChange(name, value, self.clock.monotonic()))
 
     def _on_device(self, fault: str | None) -> None:
         """The sound card failed (``fault`` says why) or works again: say so once a change."""
