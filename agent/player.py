@@ -148,6 +148,9 @@ class PlayRequest:
     start_item: int = 0  # resume or late join: where to begin
     start_offset_s: float = 0.0
     start_at: float | None = None  # pre-roll: monotonic instant of the first sample at the card
+    # Sounds before its paperwork (an emergency): no durable on-air mark ahead of its first
+    # sample (``Player.on_sounding``), which would put an SQLite commit before it.
+    urgent: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,10 +244,10 @@ class Player:
         # Told (key, item index) when an item's first sample goes out: an emergency reports
         # each repetition as it sounds. Called on the playback thread: enqueue only.
         self.on_item: Callable[[str, int], None] | None = None
-        # Told (key) on the playback thread once a pre-rolled play's zones are on, before the
-        # pre-roll's last wait and its first sample: the station makes its on-air mark durable
+        # Told (key) on the playback thread once a play's zones are on, before the pre-roll's
+        # last wait (if any) and its first sample: the station makes its on-air mark durable
         # here, so a crash after the first sample never leaves a scheduled play that sounded
-        # without one. It must not raise. Plays that start at once (no pre-roll) skip it.
+        # without one. It must not raise. Urgent plays (``PlayRequest.urgent``) skip it.
         self.on_sounding: Callable[[str], None] | None = None
         # Told when the sound card fails (its reason) and when it works again (None), once per
         # change: from a play or from ``probe_device``, on either thread. Enqueue only.
@@ -526,9 +529,11 @@ class Player:
                                 break
                             self._relays.set_zones(request.zones, True)
                             relay_ok = self._zones_on(request.zones)
-                            if self.on_sounding is not None and request.start_at is not None:
-                                # Only where the pre-roll's wait absorbs the commit: a play
-                                # that starts now (an emergency) sounds first, and its mark
+                            if self.on_sounding is not None and not request.urgent:
+                                # A pre-roll's wait absorbs the commit; a late join or a
+                                # resume pays it (killed after its first sample without it,
+                                # the restart reported "missed" what had sounded: the crash-
+                                # point soak). An urgent play sounds first, and its mark
                                 # follows the first sample (ItemStarted).
                                 self.on_sounding(request.key)
                             if request.start_at is not None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from agent.core import live
+from agent.core import emergency, live
 from agent.core.arbiter import Position, advance, catch_up, closes_at, nominal_length_s
 from agent.core.clock import Clock
 from agent.core.models import MediaRef
@@ -292,6 +292,7 @@ class Programme:
                 start_item=segment.position.item,
                 start_offset_s=segment.position.offset_s,
                 start_at=start_at,
+                urgent=emergency.is_emergency(occurrence.slot_id),
             ),
             replacing=replacing,
             follow=follow,

@@ -230,3 +230,23 @@ def test_announcements_get_chimes_that_do_not_move_the_position(
     assert len(sink.written) == 2 + 2 + 2 + 2  # chimes plus two chunks of each item
     assert result.item == 2 and abs(result.item_offset_s - 0.2) < 1e-9
     relays.close()
+
+
+def test_every_play_but_an_urgent_one_is_marked_before_its_first_sample(
+    mock_pins: Any, fake_clock: FakeClock
+) -> None:
+    """A late join or a resume (no pre-roll) is told before its first sample too: killed just
+    after it, the restart found no mark and reported "missed" (the crash-point soak). An urgent
+    play (an emergency) sounds first; its mark follows (ItemStarted)."""
+    sink = RecordingSink()
+    player, done, relays = make_player(mock_pins, fake_clock, sink, count=2)
+    told: list[tuple[str, int]] = []
+    player.on_sounding = lambda key: told.append((key, len(sink.written)))
+    late = PlayRequest("late", request().items, ("north",), 1.0, 0, None, start_offset_s=0.5)
+    player.play(late)
+    assert done.get(timeout=10).outcome == "complete"
+    player.play(PlayRequest("urgent", request().items, ("north",), 1.0, 0, None, urgent=True))
+    assert done.get(timeout=10).outcome == "complete"
+    assert told == [("late", 0)]  # before any sample; none for the urgent play
+    player.close()
+    relays.close()
