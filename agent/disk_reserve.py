@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 from pathlib import Path
 
 NAME = ".disk-reserve"
@@ -74,3 +75,27 @@ def ensure(directory: Path) -> bool:
         (directory / f"{NAME}.tmp").unlink(missing_ok=True)
         return False
     return True
+
+
+def open_database(path: Path, schema: str, busy_timeout_s: float = 30.0) -> sqlite3.Connection:
+    """A station database (the outbox, the trust store) in WAL mode with its schema; when it
+    will not open (on a full disk the open itself needs room for the ``-shm`` file), once more
+    after giving up the reserve. Raises sqlite3.Error."""
+    try:
+        return _connect(path, schema, busy_timeout_s)
+    except sqlite3.Error:
+        if not release(path.parent):
+            raise
+    return _connect(path, schema, busy_timeout_s)
+
+
+def _connect(path: Path, schema: str, busy_timeout_s: float) -> sqlite3.Connection:
+    db = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(schema)
+    except BaseException:
+        db.close()
+        raise
+    return db

@@ -59,18 +59,6 @@ CREATE TABLE IF NOT EXISTS on_air (key TEXT PRIMARY KEY, started_at TEXT NOT NUL
 """
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(path, timeout=30, isolation_level=None)
-    try:
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.executescript(_SCHEMA)
-    except BaseException:
-        db.close()
-        raise
-    return db
-
-
 class OutboxError(RuntimeError):
     """The outbox cannot be written (disk full, corruption): reports are at risk."""
 
@@ -112,13 +100,7 @@ class Outbox:
         self._directory = path.parent
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                self._db = _connect(path)
-            except sqlite3.Error:
-                # A full disk: the open itself needs room (the -shm file); the reserve is it.
-                if not disk_reserve.release(path.parent):
-                    raise
-                self._db = _connect(path)
+            self._db = disk_reserve.open_database(path, _SCHEMA)
         except sqlite3.Error as exc:
             raise OutboxError(f"cannot open outbox {path}: {exc}") from exc
         self.held_limit = HELD_LIMIT

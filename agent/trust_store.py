@@ -74,7 +74,7 @@ class TrustStore:
         self._unwritten: list[tuple[tuple[Effect, ...], datetime]] = []
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = _open(path, busy_timeout_s)
+            self._db = disk_reserve.open_database(path, _SCHEMA, busy_timeout_s)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open state database {path}: {exc}") from exc
 
@@ -314,29 +314,6 @@ class TrustStore:
         """The verified bodies of the playlists in force, for the planner."""
         rows = self._db.execute("SELECT issuer, target, body FROM playlist")
         return {(issuer, target): bytes(body) for issuer, target, body in rows}
-
-
-def _open(path: Path, busy_timeout_s: float) -> sqlite3.Connection:
-    """The database, opened in WAL mode; on a full disk (the open itself needs room for the
-    -shm file) once more after giving up the disk reserve (agent/disk_reserve.py)."""
-    try:
-        return _connect(path, busy_timeout_s)
-    except sqlite3.Error:
-        if not disk_reserve.release(path.parent):
-            raise
-    return _connect(path, busy_timeout_s)
-
-
-def _connect(path: Path, busy_timeout_s: float) -> sqlite3.Connection:
-    db = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None)
-    try:
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.executescript(_SCHEMA)
-    except BaseException:
-        db.close()
-        raise
-    return db
 
 
 def _forget_expired(state: TrustState, now: datetime) -> TrustState:
