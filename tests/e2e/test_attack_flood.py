@@ -74,6 +74,7 @@ from tests.harness.crash import (
     playlist_envelope,
     sleep_until,
     wait,
+    whole_second,
 )
 from tests.harness.media_server import MediaServer
 from tests.harness.reliability import Scenario, record
@@ -322,10 +323,6 @@ def start_flooder(
     spec_path.write_text(json.dumps(spec))
     proc = subprocess.Popen([sys.executable, "-m", "tests.harness.flooder", str(spec_path)])
     return proc, out
-
-
-def whole_second(earliest: datetime) -> datetime:
-    return earliest.replace(microsecond=0) + timedelta(seconds=1)
 
 
 def schedule(province: Province) -> tuple[list[Slot], list[Slot]]:

@@ -73,6 +73,7 @@ from tests.harness.crash import (
     playlist_envelope,
     sleep_until,
     wait,
+    whole_second,
 )
 from tests.harness.reliability import Scenario, record
 
@@ -87,10 +88,6 @@ HOLD_S = 0.2  # provision_station's hold time
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "reliability.json"
 KEYRING_TOPIC = "loa/v1/25/keyring/{}"
 PLAYS = (faults.PLAY_STARTED, faults.PLAY_ENDED)
-
-
-def whole_second(earliest: datetime) -> datetime:
-    return earliest.replace(microsecond=0) + timedelta(seconds=1)
 
 
 def playlist_topic(station: CrashStation) -> str:

@@ -59,6 +59,7 @@ from tests.harness.crash import (
     open_province,
     playlist_envelope,
     wait,
+    whole_second,
 )
 from tests.harness.faketime import FakeTime, ingest_faked, preload, start_faked, trust_kernel
 from tests.harness.paced_card import paced_card, use_paced_card
@@ -128,10 +129,6 @@ def clear(province: Province, topic: str) -> None:
 def slot(province: Province, slot_id: str, start: datetime, hz: float) -> Slot:
     """A slot of its own tone (each tone its own frequency: the card's files say which)."""
     return Slot(slot_id, start, tone(province, hz, TONE_S))
-
-
-def whole_second(earliest: datetime) -> datetime:
-    return earliest.replace(microsecond=0) + timedelta(seconds=1)
 
 
 class Card:

@@ -48,6 +48,7 @@ from tests.harness.crash import (
     playlist_envelope,
     sleep_until,
     wait,
+    whole_second,
 )
 from tests.harness.paced_card import VanishingCard, plays, use_paced_card
 from tests.harness.reliability import Scenario, record
@@ -75,10 +76,6 @@ def province(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Province]:
         yield made
     finally:
         close_province(made)
-
-
-def whole_second(earliest: datetime) -> datetime:
-    return earliest.replace(microsecond=0) + timedelta(seconds=1)
 
 
 def playlist_topic(station: CrashStation) -> str:

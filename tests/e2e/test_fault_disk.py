@@ -56,6 +56,7 @@ from tests.harness.crash import (
     open_province,
     playlist_envelope,
     wait,
+    whole_second,
 )
 from tests.harness.reliability import Scenario, record
 from tests.harness.tiny_fs import TinyFs, tiny_fs
@@ -89,10 +90,6 @@ def province(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Province]:
         yield made
     finally:
         close_province(made)
-
-
-def whole_second(earliest: datetime) -> datetime:
-    return earliest.replace(microsecond=0) + timedelta(seconds=1)
 
 
 @contextlib.contextmanager

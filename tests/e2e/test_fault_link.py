@@ -65,6 +65,7 @@ from tests.harness.crash import (
     playlist_doc,
     sleep_until,
     wait,
+    whole_second,
 )
 from tests.harness.reliability import Scenario, record
 from tests.harness.tcp_proxy import TcpProxy
@@ -166,10 +167,6 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
             province.clear(made.topic())
         close_province(province)
     assert status in (0, None), f"the agent's exit status {status}"
-
-
-def whole_second(earliest: datetime) -> datetime:
-    return earliest.replace(microsecond=0) + timedelta(seconds=1)
 
 
 def _utc(text: str) -> datetime:

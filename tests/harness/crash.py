@@ -63,6 +63,11 @@ def wait(condition: Callable[[], bool], what: str, timeout: float) -> None:
         time.sleep(0.02)
 
 
+def whole_second(earliest: datetime) -> datetime:
+    """The first whole second after ``earliest``: slot starts are written HH:MM:SS."""
+    return earliest.replace(microsecond=0) + timedelta(seconds=1)
+
+
 def sleep_until(moment: datetime) -> None:
     """A planned instant (scheduling, not a wait for a fact)."""
     left = (moment - datetime.now(UTC)).total_seconds()
