@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import signal
 import sqlite3
@@ -391,11 +392,20 @@ def in_phase(
     earliest: datetime, tick: datetime, period: float, low: float, high: float
 ) -> datetime:
     """The first whole second from ``earliest`` that falls ``low``..``high`` seconds after a
-    heartbeat tick (ticks at ``tick + k * period``)."""
+    heartbeat tick (ticks at ``tick + k * period``).
+
+    Whole seconds sit at one fixed offset from the ticks (the tick's fraction of a second), so
+    a window narrower than a second can hold none of them: a window of 0.15..1.1 s once looped
+    here for ever when the tick fell 0.85-0.9 s past a second (a CI run hung on it). The
+    window must be at least a second wide, and a whole period is searched, no more."""
+    if high - low < 1.0 or high > period:
+        raise ValueError(f"no whole second is sure to fall {low}..{high} s after a tick")
     moment = whole_second(earliest)
-    while not low <= (moment - tick).total_seconds() % period <= high:
+    for _ in range(math.ceil(period) + 1):
+        if low <= (moment - tick).total_seconds() % period <= high:
+            return moment
         moment += timedelta(seconds=1)
-    return moment
+    raise AssertionError(f"no whole second in {period} s fell {low}..{high} s after {tick}")
 
 
 def drained(r: Rig) -> bool:
@@ -468,7 +478,7 @@ def test_every_asrun_arrives_exactly_once_through_faults(tmp_path: Path) -> None
         # The mid-tone kill must come before the first heartbeat after its slot began: a kill
         # after that heartbeat loses the occurrence's as-run (the third xfail below). Slot 4 is
         # 12 s after slot 0, a whole number of heartbeat periods: both have the same phase.
-        s0 = in_phase(datetime.now(UTC) + timedelta(seconds=4), tick, HEARTBEAT_S, 0.15, 1.1)
+        s0 = in_phase(datetime.now(UTC) + timedelta(seconds=4), tick, HEARTBEAT_S, 0.1, 1.1)
         starts = publish(r, media, [s0 + timedelta(seconds=SPACING_S * n) for n in range(SLOTS)])
         wait_cached(r, media, s0)
 
