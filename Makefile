@@ -93,7 +93,7 @@ RELIABILITY_TESTS := tests/e2e/test_crash_points.py tests/e2e/test_fault_*.py \
 .PHONY: reliability
 reliability: venv
 	LOA_RELIABILITY_RESULTS=$(CURDIR)/bench/results LOA_RELIABILITY_LONG=1 \
-	  $(BIN)/pytest -q $(wildcard $(RELIABILITY_TESTS))
+	  $(BIN)/pytest -q --timeout=1800 -o faulthandler_timeout=1500 $(wildcard $(RELIABILITY_TESTS))
 	$(BIN)/python -m bench.report
 
 demo: venv
