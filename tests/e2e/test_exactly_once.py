@@ -82,7 +82,7 @@ BYTES_PER_S = SAMPLE_RATE * FRAME_BYTES
 # A play that handed the card this much less than its tone cut it short. MP3 decoding gives the
 # tone's length back to the sample; the margin is for the file plugin's last buffer.
 SHORT_BY_S = 0.1
-HEARTBEAT_S = 2.0  # provision_station's heartbeat interval
+HEARTBEAT_S = 3.0  # the main scenario's heartbeat interval (slot 4 is 4 periods after slot 0)
 
 
 def wait(condition: Callable[[], bool], what: str, timeout: float) -> None:
@@ -472,13 +472,15 @@ def slot(n: int) -> str:
 
 
 def test_every_asrun_arrives_exactly_once_through_faults(tmp_path: Path) -> None:
-    with rig(tmp_path) as r:
+    with rig(tmp_path, reports=f"heartbeat_s = {HEARTBEAT_S:g}\n") as r:
         media = make_media(r, [(hz, TONE_S) for hz in FREQS])
         tick = start_and_tick(r, HEARTBEAT_S)
-        # The mid-tone kill must come before the first heartbeat after its slot began: a kill
-        # after that heartbeat loses the occurrence's as-run (the third xfail below). Slot 4 is
-        # 12 s after slot 0, a whole number of heartbeat periods: both have the same phase.
-        s0 = in_phase(datetime.now(UTC) + timedelta(seconds=4), tick, HEARTBEAT_S, 0.1, 1.1)
+        # The mid-tone kill must come between two heartbeats, as planned (a kill after a
+        # heartbeat inside the slot is the last test's case). Slot 4 is 12 s after slot 0, a
+        # whole number of heartbeat periods: both have the same phase. With a 3 s period, the
+        # last tick is at least 0.3 s before slot 4 (its handling writes the alive stamp a
+        # moment later) and the next at least 1.7 s after it, well after the kill at ~0.4 s.
+        s0 = in_phase(datetime.now(UTC) + timedelta(seconds=4), tick, HEARTBEAT_S, 0.3, 1.3)
         starts = publish(r, media, [s0 + timedelta(seconds=SPACING_S * n) for n in range(SLOTS)])
         wait_cached(r, media, s0)
 
@@ -590,8 +592,9 @@ def test_a_tone_played_in_full_before_a_kill_is_not_reported_missed(tmp_path: Pa
     with rig(tmp_path, reports="heartbeat_s = 3\n", config={"hold_s = 0.2": "hold_s = 0.6"}) as r:
         media = make_media(r, [(700.0, TONE_S)])
         tick = start_and_tick(r, period)
-        # No heartbeat between the slot's start and the kill (that is the next test's bug).
-        start = in_phase(datetime.now(UTC) + timedelta(seconds=3), tick, period, 0.2, 1.6)
+        # No heartbeat between the slot's start and the kill (that is the last test's case):
+        # the next tick is at least 1.7 s after the start, the kill ~1.2 s after it.
+        start = in_phase(datetime.now(UTC) + timedelta(seconds=3), tick, period, 0.3, 1.3)
         starts = publish(r, media, [start])
         wait_cached(r, media, start)
         until = (start - datetime.now(UTC)).total_seconds() + TONE_S + 3
