@@ -7,6 +7,7 @@ import queue
 import random
 import socket
 import statistics
+import time
 from pathlib import Path
 
 import pytest
@@ -44,10 +45,14 @@ def _free_port() -> int:
 
 
 def _next(events: queue.Queue[LinkEvent], kind: type, timeout: float = WAIT_S) -> LinkEvent:
-    while True:
-        event = events.get(timeout=timeout)
+    """The next event of ``kind`` within ``timeout`` overall (queue.Empty if none): a link
+    failing to connect sends other events every second, which must not reset the deadline."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        event = events.get(timeout=left)
         if isinstance(event, kind):
             return event
+    raise queue.Empty
 
 
 @pytest.fixture
