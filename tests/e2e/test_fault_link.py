@@ -451,7 +451,9 @@ def test_link_cut_for_a_schedule(rig: Rig, tmp_path: Path) -> None:
         "the link was down; the registry once it is back.",
     ))  # fmt: skip
     try:
-        slots = rig.schedule("c", count, 440.0, LEAD_S + count * 0.05)
+        # Two seconds more than the others: the cut begins a second before the first slot, and
+        # every tone must be cached by then, on a loaded machine too.
+        slots = rig.schedule("c", count, 440.0, LEAD_S + 2.0 + count * 0.05)
         first = slots[0].start
         rig.publish(slots)
         wait(lambda: all(st.cached(s.tone.sha256) for s in slots), "every tone cached",
