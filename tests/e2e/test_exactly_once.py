@@ -39,9 +39,8 @@ import math
 import re
 import signal
 import sqlite3
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -61,6 +60,7 @@ from province.mosquitto import find_mosquitto
 from province.registry import Registry
 from tests.harness.audio import analyse_pcm, make_tone
 from tests.harness.broker import MosquittoBroker, Recorder, close_client, connect_client
+from tests.harness.crash import sleep_until, wait, whole_second
 from tests.harness.media_server import MediaServer, closed_port
 from tests.harness.paced_card import paced_card, use_paced_card
 from tests.harness.paced_card import plays as paced_plays
@@ -85,31 +85,10 @@ SHORT_BY_S = 0.1
 HEARTBEAT_S = 3.0  # the main scenario's heartbeat interval (slot 4 is 4 periods after slot 0)
 
 
-def wait(condition: Callable[[], bool], what: str, timeout: float) -> None:
-    """Poll a fact another process makes true, with a deadline (TimeoutError, see above)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"gave up waiting for {what} after {timeout:.1f} s")
-        time.sleep(0.02)
-
-
 def require(condition: bool, what: str) -> None:
     """A fact the scenario stands on, not the property under test: RuntimeError if not met."""
     if not condition:
         raise RuntimeError(what)
-
-
-def sleep_until(moment: datetime) -> None:
-    """The planned instant of a fault (scheduling, not a wait for a fact)."""
-    left = (moment - datetime.now(UTC)).total_seconds()
-    if left > 0:
-        time.sleep(left)
-
-
-def whole_second(earliest: datetime) -> datetime:
-    """Slot starts are written as HH:MM:SS."""
-    return earliest.replace(microsecond=0) + timedelta(seconds=1)
 
 
 # -- the paced sound card -----------------------------------------------------------------------
